@@ -1,0 +1,1 @@
+"""pytest fixtures that give a running emulator."""
