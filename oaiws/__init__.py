@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from . import errors
+from ._events import Event, Response
 from ._version import __version__
 from .errors import (
     APIConnectionError,
@@ -36,6 +37,7 @@ __all__ = [
     "ConfigurationError",
     "ConflictError",
     "ConnectionLimitReachedError",
+    "Event",
     "InternalServerError",
     "NotFoundError",
     "OAIWSError",
@@ -44,6 +46,7 @@ __all__ = [
     "PreviousResponseNotFoundError",
     "ProtocolError",
     "RateLimitError",
+    "Response",
     "StreamInterruptedError",
     "UnprocessableEntityError",
     "__version__",
