@@ -1,0 +1,10 @@
+"""``python -m oaiws.testing``: run the emulator until SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import sys
+
+from ._cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,334 @@
+"""Serving one request: faults, the cache/store lookup, the model, pacing and the events.
+
+Transport-neutral: the WebSocket session and the HTTP handlers hand it a :class:`Sink` that
+knows how to put an event, an error or a broken frame on their wire.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Optional, Protocol
+
+from ._faults import Fault, FaultQueue, error_code_for_status
+from ._model import CallPlan, Item, TextPlan, context_size, normalize_item, plan_response
+from ._options import EmulatorOptions
+from ._requests import CreateRequest, RequestError, new_id
+from ._responses import (
+    finish,
+    function_call_item,
+    message_item,
+    response_object,
+    text_part,
+    usage,
+)
+from ._state import Chain, ConnectionCache, ResponseStore
+from ._stats import Stats
+
+logger = logging.getLogger("oaiws.testing")
+
+
+class ConnectionAborted(Exception):
+    """The transport is gone (closed by a fault, the client or the server): stop serving."""
+
+
+class Sink(Protocol):
+    async def send_event(self, event: dict[str, Any]) -> None: ...
+
+    async def send_error(self, error: RequestError, sequence_number: int) -> None: ...
+
+    async def send_malformed(self) -> None: ...
+
+    async def send_binary(self) -> None: ...
+
+    async def abort(self, close_code: Optional[int]) -> None:
+        """Close the transport (no close frame when ``close_code`` is None) and raise
+        :class:`ConnectionAborted`."""
+
+
+@dataclass
+class ServerContext:
+    """What every connection and request shares."""
+
+    options: EmulatorOptions
+    stats: Stats
+    faults: FaultQueue
+    store: ResponseStore
+
+
+def fault_error(fault: Fault) -> RequestError:
+    status = fault.error_status_code()
+    code = fault.error_code or error_code_for_status(status)
+    if status >= 500:
+        kind, message = "server_error", "The server had an error while processing your request."
+    elif status == 429:
+        kind, message = "requests", "Rate limit reached. Please try again later."
+    else:
+        kind, message = "invalid_request_error", f"The request failed ({code})."
+    headers = (
+        {"retry-after": _seconds(fault.retry_after)} if fault.retry_after is not None else None
+    )
+    return RequestError(message, status=status, type=kind, code=code, param=None, headers=headers)
+
+
+def _seconds(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+class _Emitter:
+    """Numbers the events of one response and applies a fault's frame-level effects."""
+
+    def __init__(self, sink: Sink, fault: Optional[Fault], stream_id: Optional[str]) -> None:
+        self.sink = sink
+        self.fault = fault
+        self.stream_id = stream_id
+        self.sent = 0
+        self.sequence = 0
+
+    async def start(self) -> None:
+        fault = self.fault
+        if fault is None:
+            return
+        if fault.handshake_delay:
+            await asyncio.sleep(fault.handshake_delay)
+        if fault.close_after_events == 0:
+            await self.sink.abort(fault.close_code)
+
+    async def event(self, payload: dict[str, Any]) -> None:
+        fault = self.fault
+        first = self.sent == 0
+        if first and fault is not None and fault.stall_before_first_event:
+            await asyncio.sleep(fault.stall_before_first_event)
+        payload["sequence_number"] = self.sequence
+        self.sequence += 1
+        if self.stream_id is not None:
+            payload["stream_id"] = self.stream_id
+        if first and fault is not None and fault.malformed_frame:
+            await self.sink.send_malformed()
+        elif first and fault is not None and fault.binary_frame:
+            await self.sink.send_binary()
+        else:
+            await self.sink.send_event(payload)
+        self.sent += 1
+        if fault is None:
+            return
+        if first and fault.stall_after_first_event:
+            await asyncio.sleep(fault.stall_after_first_event)
+        if fault.close_after_events is not None and self.sent >= fault.close_after_events:
+            await self.sink.abort(fault.close_code)
+
+    async def error(self, error: RequestError) -> None:
+        await self.sink.send_error(error, self.sequence)
+        self.sequence += 1
+
+
+async def serve(
+    ctx: ServerContext,
+    request: CreateRequest,
+    sink: Sink,
+    *,
+    cache: Optional[ConnectionCache],
+    fault: Optional[Fault],
+) -> None:
+    """Serve ``request`` to its end (a terminal event or an error) on ``sink``."""
+    fault = request.controls.fault or fault
+    if fault is not None:
+        ctx.stats.add("faults_applied")
+    emitter = _Emitter(sink, fault, request.stream_id)
+    await emitter.start()
+    previous = request.previous_response_id
+    try:
+        if fault is not None and (fault.error_code is not None or fault.refuse_status is not None):
+            raise fault_error(fault)
+        prior, cached_bytes, processed = await _resolve_previous(ctx, request, cache)
+    except RequestError as error:
+        if previous is not None and cache is not None:
+            cache.evict(previous)
+        await emitter.error(error)
+        return
+
+    if ctx.options.input_cost_per_kb and processed:
+        # Reading context costs time in proportion to its size: this is what makes a full
+        # replay measurably slower than a continuation from the connection's cache.
+        await asyncio.sleep(ctx.options.input_cost_per_kb * processed / 1024.0)
+    ctx.stats.add("input_kb_processed", processed / 1024.0)
+
+    context = (*prior, *request.new_context)
+    input_bytes = context_size(context) + len((request.instructions or "").encode())
+    response_id = new_id("resp")
+    response = response_object(request, response_id, int(time.time()))
+    controls = request.controls
+    if controls.first_event_delay:
+        await asyncio.sleep(controls.first_event_delay)
+
+    if not request.generate:
+        # Warm-up: state is prepared and the id can be chained from, but nothing is generated.
+        done = finish(
+            response, status="completed", output=[], usage=usage(input_bytes, cached_bytes, 0)
+        )
+        await emitter.event({"type": "response.created", "response": response})
+        await emitter.event({"type": "response.completed", "response": done})
+        _remember(ctx, request, cache, done, context)
+        ctx.stats.add("warmups")
+        ctx.stats.add("responses_completed")
+        return
+
+    await emitter.event({"type": "response.created", "response": response})
+    await emitter.event({"type": "response.in_progress", "response": response})
+    if controls.outcome == "failed":
+        reported = {
+            "code": "server_error",
+            "message": "The model failed to generate a response (emulator_outcome=failed).",
+        }
+        failed = finish(
+            response,
+            status="failed",
+            output=[],
+            usage=usage(input_bytes, cached_bytes, 0),
+            error=reported,
+        )
+        await emitter.event({"type": "response.failed", "response": failed})
+        if previous is not None and cache is not None:
+            cache.evict(previous)  # a failed continuation evicts the id it continued from
+        ctx.stats.add("responses_failed")
+        return
+
+    plan = plan_response(
+        context,
+        instructions=request.instructions,
+        tools=request.tools,
+        tool_choice=request.tool_choice,
+        deltas=controls.deltas,
+    )
+    chunks = plan.chunks
+    limit = len(chunks)
+    reason: Optional[str] = None
+    if controls.outcome == "incomplete":
+        limit, reason = (len(chunks) + 1) // 2, controls.incomplete_reason
+    if request.max_output_tokens is not None and request.max_output_tokens < limit:
+        limit, reason = request.max_output_tokens, "max_output_tokens"
+    item_status = "incomplete" if reason else "completed"
+
+    if isinstance(plan, TextPlan):
+        item = await _stream_text(emitter, chunks[:limit], controls.delta_delay, item_status)
+    else:
+        item = await _stream_call(emitter, plan, chunks[:limit], controls.delta_delay, item_status)
+    status = "incomplete" if reason else "completed"
+    done = finish(
+        response,
+        status=status,
+        output=[item],
+        usage=usage(input_bytes, cached_bytes, limit),
+        incomplete_reason=reason,
+    )
+    await emitter.event({"type": f"response.{status}", "response": done})
+    _remember(ctx, request, cache, done, context)
+    ctx.stats.add("responses_incomplete" if reason else "responses_completed")
+
+
+async def _resolve_previous(
+    ctx: ServerContext, request: CreateRequest, cache: Optional[ConnectionCache]
+) -> tuple[tuple[Item, ...], int, int]:
+    """(prior context, bytes served from cache, bytes the server must process)."""
+    new_bytes = context_size(request.new_context)
+    previous = request.previous_response_id
+    if previous is None:
+        return (), 0, new_bytes
+    chain = cache.lookup(previous) if cache is not None else None
+    if chain is not None:
+        ctx.stats.add("cache_hits")
+        return chain.context, chain.size, new_bytes
+    ctx.stats.add("cache_misses")
+    stored = ctx.store.chain(previous)
+    if stored is None:
+        ctx.stats.add("previous_response_not_found")
+        raise RequestError(
+            f"Previous response with id '{previous}' not found.",
+            code="previous_response_not_found",
+            param="previous_response_id",
+        )
+    if ctx.options.hydration_delay:
+        await asyncio.sleep(ctx.options.hydration_delay)
+    ctx.stats.add("hydrations")
+    return stored.context, 0, stored.size + new_bytes
+
+
+def _remember(
+    ctx: ServerContext,
+    request: CreateRequest,
+    cache: Optional[ConnectionCache],
+    response: dict[str, Any],
+    context: tuple[Item, ...],
+) -> None:
+    outputs = (normalize_item(item) for item in response["output"])
+    chain = Chain(response["id"], (*context, *(item for item in outputs if item is not None)))
+    if cache is not None:
+        cache.remember(request.stream_id, chain)
+    if request.store:
+        ctx.store.put(response, chain, request.input_items)
+
+
+async def _stream_text(
+    emitter: _Emitter, chunks: tuple[str, ...], delay: float, status: str
+) -> dict[str, Any]:
+    item_id = new_id("msg")
+    base = {"item_id": item_id, "output_index": 0, "content_index": 0}
+    await emitter.event(
+        {
+            "type": "response.output_item.added",
+            "output_index": 0,
+            "item": message_item(item_id, "in_progress", []),
+        }
+    )
+    await emitter.event({"type": "response.content_part.added", **base, "part": text_part("")})
+    for chunk in chunks:
+        if delay:
+            await asyncio.sleep(delay)
+        await emitter.event(
+            {"type": "response.output_text.delta", **base, "delta": chunk, "logprobs": []}
+        )
+    text = "".join(chunks)
+    await emitter.event({"type": "response.output_text.done", **base, "text": text, "logprobs": []})
+    await emitter.event({"type": "response.content_part.done", **base, "part": text_part(text)})
+    item = message_item(item_id, status, [text_part(text)])
+    await emitter.event({"type": "response.output_item.done", "output_index": 0, "item": item})
+    return item
+
+
+async def _stream_call(
+    emitter: _Emitter, plan: CallPlan, chunks: tuple[str, ...], delay: float, status: str
+) -> dict[str, Any]:
+    item_id, call_id = new_id("fc"), new_id("call")
+    await emitter.event(
+        {
+            "type": "response.output_item.added",
+            "output_index": 0,
+            "item": function_call_item(item_id, call_id, plan.name, "", "in_progress"),
+        }
+    )
+    for chunk in chunks:
+        if delay:
+            await asyncio.sleep(delay)
+        await emitter.event(
+            {
+                "type": "response.function_call_arguments.delta",
+                "item_id": item_id,
+                "output_index": 0,
+                "delta": chunk,
+            }
+        )
+    arguments = "".join(chunks)
+    await emitter.event(
+        {
+            "type": "response.function_call_arguments.done",
+            "item_id": item_id,
+            "output_index": 0,
+            "name": plan.name,
+            "arguments": arguments,
+        }
+    )
+    item = function_call_item(item_id, call_id, plan.name, arguments, status)
+    await emitter.event({"type": "response.output_item.done", "output_index": 0, "item": item})
+    return item

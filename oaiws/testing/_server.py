@@ -1,0 +1,483 @@
+"""The aiohttp application: routes, authentication, the upgrade, REST, SSE and admin API."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+from typing import Any, Optional
+
+from aiohttp import web
+
+from oaiws.errors import ConfigurationError
+
+from ._engine import ConnectionAborted, ServerContext, fault_error, serve
+from ._faults import Fault
+from ._requests import RequestError, new_id, parse_create
+from ._websocket import CLOSE_HANDSHAKE_TIMEOUT, MAX_MESSAGE_BYTES, WebSocketSession
+
+logger = logging.getLogger("oaiws.testing")
+
+CONTEXT_KEY: web.AppKey[ServerContext] = web.AppKey("oaiws_context", ServerContext)
+SESSIONS_KEY = web.AppKey("oaiws_sessions", set[WebSocketSession])
+
+
+def build_app(ctx: ServerContext) -> web.Application:
+    app = web.Application(
+        client_max_size=MAX_MESSAGE_BYTES, middlewares=[_request_id, _never_crash]
+    )
+    app[CONTEXT_KEY] = ctx
+    app[SESSIONS_KEY] = set()
+    app.router.add_get("/v1/responses", _responses_get)
+    app.router.add_post("/v1/responses", _responses_post)
+    app.router.add_get("/v1/responses/{response_id}", _retrieve)
+    app.router.add_delete("/v1/responses/{response_id}", _delete)
+    app.router.add_get("/v1/responses/{response_id}/input_items", _input_items)
+    app.router.add_get("/_emulator/stats", _admin_stats)
+    app.router.add_post("/_emulator/stats/reset", _admin_reset)
+    app.router.add_post("/_emulator/faults", _admin_inject)
+    app.router.add_delete("/_emulator/faults", _admin_clear)
+    app.router.add_post("/_emulator/close_all", _admin_close_all)
+    return app
+
+
+def close_all(app: web.Application, code: Optional[int]) -> int:
+    """Close every open socket now (code None: drop TCP without a close frame)."""
+    registry: set[WebSocketSession] = app[SESSIONS_KEY]
+    sessions = list(registry)
+    for session in sessions:
+        session.close_soon(code, "closed by the emulator")
+    return len(sessions)
+
+
+# -- plumbing ------------------------------------------------------------------------------
+
+
+@web.middleware
+async def _request_id(request: web.Request, handler: Any) -> web.StreamResponse:
+    request_id = "req_" + new_id("x")[2:34]
+    request["request_id"] = request_id
+    response: web.StreamResponse = await handler(request)
+    if not response.prepared:
+        response.headers.setdefault("x-request-id", request_id)
+    return response
+
+
+@web.middleware
+async def _never_crash(request: web.Request, handler: Any) -> web.StreamResponse:
+    try:
+        response: web.StreamResponse = await handler(request)
+    except web.HTTPException:
+        raise
+    except ConnectionAborted:
+        return web.Response(status=499)
+    except Exception:  # one bad request must never take the emulator down
+        logger.exception("handler for %s %s failed", request.method, request.path)
+        return _error_response(
+            RequestError(
+                "The server had an error processing your request.",
+                status=500,
+                type="server_error",
+                code="server_error",
+            )
+        )
+    return response
+
+
+def _ctx(request: web.Request) -> ServerContext:
+    return request.app[CONTEXT_KEY]
+
+
+def _error_response(error: RequestError) -> web.Response:
+    return web.json_response(error.http_body(), status=error.status, headers=error.headers)
+
+
+def _authorized(request: web.Request) -> Optional[web.Response]:
+    """None when the key is right, else the 401 to answer (the key is never echoed)."""
+    expected = _ctx(request).options.api_key.encode()
+    given: Optional[str] = None
+    authorization = request.headers.get("Authorization", "")
+    if authorization[:7].lower() == "bearer ":
+        given = authorization[7:].strip()
+    elif "api-key" in request.headers:
+        given = request.headers["api-key"].strip()
+    if given is not None and hmac.compare_digest(given.encode(), expected):
+        return None
+    if given is None:
+        message = (
+            "You didn't provide an API key. Provide it in an 'Authorization: Bearer KEY'"
+            " or 'api-key: KEY' header."
+        )
+    else:
+        message = "Incorrect API key provided."
+    return _error_response(RequestError(message, status=401, code="invalid_api_key"))
+
+
+async def _read_json(request: web.Request) -> Any:
+    raw = await request.read()
+    _ctx(request).stats.add("bytes_received", len(raw))
+    if not raw:
+        return {}
+    try:
+        return json.loads(raw)
+    except ValueError:
+        raise RequestError(
+            "We could not parse the JSON body of your request.", code="invalid_json"
+        ) from None
+
+
+# -- the WebSocket upgrade -----------------------------------------------------------------
+
+
+async def _responses_get(request: web.Request) -> web.StreamResponse:
+    ctx = _ctx(request)
+    if request.headers.get("Upgrade", "").lower() != "websocket":
+        ctx.stats.add("http_requests")
+        return _error_response(
+            RequestError(
+                "GET /v1/responses is the WebSocket endpoint: send an Upgrade request, or POST to"
+                " create a response.",
+                status=405,
+                code="method_not_allowed",
+            )
+        )
+    refusal = _authorized(request)
+    fault = ctx.faults.take("connection") if refusal is None else None
+    delay = ctx.options.handshake_delay + (fault.handshake_delay if fault else 0.0)
+    if delay:
+        await asyncio.sleep(delay)
+    if refusal is None and fault is not None and fault.refuse_status is not None:
+        ctx.stats.add("faults_applied")
+        error = fault_error(
+            Fault(
+                error_status=fault.refuse_status,
+                retry_after=fault.retry_after,
+                error_code=fault.error_code,
+            )
+        )
+        refusal = _error_response(error)
+    if refusal is not None:
+        ctx.stats.add("refused_upgrades")
+        return refusal
+    if fault is not None and not fault.acts_on_request:
+        ctx.stats.add("faults_applied")  # a pure handshake delay was this fault's whole effect
+
+    ws = web.WebSocketResponse(
+        timeout=CLOSE_HANDSHAKE_TIMEOUT,
+        autoping=False,
+        compress=False,
+        max_msg_size=MAX_MESSAGE_BYTES,
+    )
+    if not ws.can_prepare(request).ok:
+        ctx.stats.add("refused_upgrades")
+        return _error_response(
+            RequestError("Invalid WebSocket upgrade request.", code="invalid_upgrade")
+        )
+    ws.headers["x-request-id"] = request["request_id"]
+    await ws.prepare(request)
+    ctx.stats.add("handshakes")
+    ctx.stats.add("connections_total")
+    ctx.stats.add("connections_open")
+    model = request.query.get("model") or None
+    session = WebSocketSession(ctx, request, ws, default_model=model, connection_fault=fault)
+    sessions = request.app[SESSIONS_KEY]
+    sessions.add(session)
+    try:
+        await session.run()
+    finally:
+        sessions.discard(session)
+        ctx.stats.add("connections_open", -1)
+    return ws
+
+
+# -- HTTP create (JSON or SSE) -------------------------------------------------------------
+
+
+async def _responses_post(request: web.Request) -> web.StreamResponse:
+    ctx = _ctx(request)
+    ctx.stats.add("http_requests")
+    ctx.stats.add("requests")
+    refusal = _authorized(request)
+    if refusal is not None:
+        return refusal
+    options = ctx.options
+    try:
+        create = parse_create(
+            await _read_json(request),
+            websocket=False,
+            default_model=None,
+            deltas=options.deltas,
+            delta_delay=options.delta_delay,
+            first_event_delay=options.first_event_delay,
+        )
+    except RequestError as error:
+        ctx.stats.add("errors_sent")
+        return _error_response(error)
+    fault = None if create.controls.fault else ctx.faults.take("request")
+    sink: _HttpSink = _SseSink(request) if create.stream else _JsonSink(request)
+    try:
+        await serve(ctx, create, sink, cache=None, fault=fault)
+    except ConnectionAborted:
+        return sink.after_abort()
+    return await sink.finish()
+
+
+class _HttpSink:
+    def __init__(self, request: web.Request) -> None:
+        self.request = request
+        self.stats = _ctx(request).stats
+        self.error: Optional[RequestError] = None
+        self.aborted_cleanly = False
+
+    async def send_error(self, error: RequestError, sequence_number: int) -> None:
+        self.stats.add("errors_sent")
+        self.error = error
+
+    async def abort(self, close_code: Optional[int]) -> None:
+        transport = self.request.transport
+        if close_code is None and transport is not None:
+            transport.abort()
+        self.aborted_cleanly = close_code is not None
+        raise ConnectionAborted
+
+    async def send_event(self, event: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    async def send_malformed(self) -> None:
+        raise NotImplementedError
+
+    async def send_binary(self) -> None:
+        raise NotImplementedError
+
+    def after_abort(self) -> web.StreamResponse:
+        raise NotImplementedError
+
+    async def finish(self) -> web.StreamResponse:
+        raise NotImplementedError
+
+
+class _JsonSink(_HttpSink):
+    def __init__(self, request: web.Request) -> None:
+        super().__init__(request)
+        self.final: Optional[dict[str, Any]] = None
+        self.body: Optional[bytes] = None
+
+    async def send_event(self, event: dict[str, Any]) -> None:
+        self.stats.add("events_sent")
+        if event["type"] in ("response.completed", "response.failed", "response.incomplete"):
+            self.final = event["response"]
+
+    async def send_malformed(self) -> None:
+        self.body = b'{"id": "resp_'
+
+    async def send_binary(self) -> None:
+        self.body = b"\x00\x01\xff binary"
+
+    def after_abort(self) -> web.StreamResponse:
+        # Without a stream there are no events to cut between: the answer is lost entirely.
+        transport = self.request.transport
+        if transport is not None:
+            transport.abort()
+        return web.Response(status=499)
+
+    async def finish(self) -> web.StreamResponse:
+        if self.error is not None:
+            return _error_response(self.error)
+        if self.body is not None:
+            return web.Response(body=self.body, content_type="application/json")
+        return web.json_response(self.final)
+
+
+class _SseSink(_HttpSink):
+    def __init__(self, request: web.Request) -> None:
+        super().__init__(request)
+        self.response: Optional[web.StreamResponse] = None
+
+    async def _write(self, data: bytes) -> None:
+        try:
+            if self.response is None:
+                self.response = web.StreamResponse(
+                    headers={
+                        "Content-Type": "text/event-stream; charset=utf-8",
+                        "Cache-Control": "no-cache",
+                        "x-request-id": self.request["request_id"],
+                    }
+                )
+                await self.response.prepare(self.request)
+            await self.response.write(data)
+        except (ConnectionError, RuntimeError) as exc:
+            raise ConnectionAborted from exc
+
+    async def send_event(self, event: dict[str, Any]) -> None:
+        await self._write(f"event: {event['type']}\ndata: {json.dumps(event)}\n\n".encode())
+        self.stats.add("events_sent")
+
+    async def send_error(self, error: RequestError, sequence_number: int) -> None:
+        if self.response is None:
+            await super().send_error(error, sequence_number)  # before the stream: an HTTP error
+            return
+        self.stats.add("errors_sent")
+        await self.send_event(error.sse_event(sequence_number))
+
+    async def send_malformed(self) -> None:
+        await self._write(b'event: response.created\ndata: {"type": "response.created", "resp\n\n')
+        self.stats.add("events_sent")
+
+    async def send_binary(self) -> None:
+        # SSE has no binary frames; undecodable bytes are the nearest equivalent.
+        await self._write(b"event: response.created\ndata: \xff\xfe\x00\x01\n\n")
+        self.stats.add("events_sent")
+
+    def after_abort(self) -> web.StreamResponse:
+        if self.response is None:
+            transport = self.request.transport
+            if transport is not None:
+                transport.abort()
+            return web.Response(status=499)
+        return self.response
+
+    async def finish(self) -> web.StreamResponse:
+        if self.response is None:
+            if self.error is not None:
+                return _error_response(self.error)
+            return web.Response(text="", content_type="text/event-stream")
+        await self.response.write_eof()
+        return self.response
+
+
+# -- REST on stored responses --------------------------------------------------------------
+
+
+def _not_found(response_id: str) -> web.Response:
+    return _error_response(
+        RequestError(
+            f"Response with id '{response_id}' not found.", status=404, code=None, param=None
+        )
+    )
+
+
+async def _retrieve(request: web.Request) -> web.StreamResponse:
+    ctx = _ctx(request)
+    ctx.stats.add("http_requests")
+    refusal = _authorized(request)
+    if refusal is not None:
+        return refusal
+    response_id = request.match_info["response_id"]
+    stored = ctx.store.response(response_id)
+    return _not_found(response_id) if stored is None else web.json_response(stored)
+
+
+async def _delete(request: web.Request) -> web.StreamResponse:
+    ctx = _ctx(request)
+    ctx.stats.add("http_requests")
+    refusal = _authorized(request)
+    if refusal is not None:
+        return refusal
+    response_id = request.match_info["response_id"]
+    if not ctx.store.delete(response_id):
+        return _not_found(response_id)
+    return web.json_response({"id": response_id, "object": "response.deleted", "deleted": True})
+
+
+async def _input_items(request: web.Request) -> web.StreamResponse:
+    ctx = _ctx(request)
+    ctx.stats.add("http_requests")
+    refusal = _authorized(request)
+    if refusal is not None:
+        return refusal
+    response_id = request.match_info["response_id"]
+    items = ctx.store.input_items(response_id)
+    if items is None:
+        return _not_found(response_id)
+    order = request.query.get("order", "desc")
+    if order not in ("asc", "desc"):
+        return _error_response(
+            RequestError(
+                "Invalid 'order': use 'asc' or 'desc'.", param="order", code="invalid_value"
+            )
+        )
+    try:
+        limit = int(request.query.get("limit", "20"))
+    except ValueError:
+        limit = 0
+    if not 1 <= limit <= 100:
+        return _error_response(
+            RequestError("Invalid 'limit': use 1-100.", param="limit", code="invalid_value")
+        )
+    if order == "desc":
+        items.reverse()
+    after = request.query.get("after")
+    if after is not None:
+        ids = [item.get("id") for item in items]
+        items = items[ids.index(after) + 1 :] if after in ids else []
+    page = items[:limit]
+    return web.json_response(
+        {
+            "object": "list",
+            "data": page,
+            "first_id": page[0].get("id") if page else None,
+            "last_id": page[-1].get("id") if page else None,
+            "has_more": len(items) > limit,
+        }
+    )
+
+
+# -- admin API -----------------------------------------------------------------------------
+
+
+async def _admin_stats(request: web.Request) -> web.StreamResponse:
+    refusal = _authorized(request)
+    if refusal is not None:
+        return refusal
+    return web.json_response(_ctx(request).stats.snapshot())
+
+
+async def _admin_reset(request: web.Request) -> web.StreamResponse:
+    refusal = _authorized(request)
+    if refusal is not None:
+        return refusal
+    stats = _ctx(request).stats
+    stats.reset()
+    return web.json_response(stats.snapshot())
+
+
+async def _admin_inject(request: web.Request) -> web.StreamResponse:
+    refusal = _authorized(request)
+    if refusal is not None:
+        return refusal
+    ctx = _ctx(request)
+    try:
+        body = await _read_json(request)
+        if not isinstance(body, dict):
+            raise ConfigurationError("the body must be a JSON object")
+        fault = Fault.from_dict(body.get("fault", {}))
+        ctx.faults.inject(fault, on=body.get("on", "request"), times=body.get("times", 1))
+    except RequestError as error:
+        return _error_response(error)
+    except ConfigurationError as exc:
+        return _error_response(RequestError(str(exc), param="fault"))
+    return web.json_response({"pending": ctx.faults.pending()})
+
+
+async def _admin_clear(request: web.Request) -> web.StreamResponse:
+    refusal = _authorized(request)
+    if refusal is not None:
+        return refusal
+    ctx = _ctx(request)
+    ctx.faults.clear()
+    return web.json_response({"pending": ctx.faults.pending()})
+
+
+async def _admin_close_all(request: web.Request) -> web.StreamResponse:
+    refusal = _authorized(request)
+    if refusal is not None:
+        return refusal
+    try:
+        body = await _read_json(request)
+    except RequestError as error:
+        return _error_response(error)
+    code = body.get("code", 1001) if isinstance(body, dict) else 1001
+    if code is not None and not (isinstance(code, int) and 1000 <= code <= 4999):
+        return _error_response(RequestError("Invalid 'code': 1000-4999 or null.", param="code"))
+    return web.json_response({"closed": close_all(request.app, code)})

@@ -1,0 +1,346 @@
+"""One WebSocket connection: frames in, lanes of queued responses, timers, frames out."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from aiohttp import WSMsgType, web
+
+from ._engine import ConnectionAborted, ServerContext, serve
+from ._faults import Fault
+from ._requests import STREAM_ID_PATTERN, CreateRequest, RequestError, parse_create
+from ._state import ConnectionCache
+
+logger = logging.getLogger("oaiws.testing")
+
+# Limits of the real service's lanes (PROTOCOL.md section 4).
+MAX_ACTIVE_RESPONSES = 16
+MAX_NAMED_LANES = 32
+# How long a server-initiated close waits for the client's close frame before dropping TCP.
+CLOSE_HANDSHAKE_TIMEOUT = 2.0
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+@dataclass
+class _Lane:
+    queue: deque[tuple[CreateRequest, Optional[Fault]]] = field(default_factory=deque)
+    worker: Optional[asyncio.Task[None]] = None
+
+
+class WebSocketSession:
+    """Serves one upgraded connection until either side closes it."""
+
+    def __init__(
+        self,
+        ctx: ServerContext,
+        request: web.Request,
+        ws: web.WebSocketResponse,
+        *,
+        default_model: Optional[str],
+        connection_fault: Optional[Fault],
+    ) -> None:
+        self.ctx = ctx
+        self.request = request
+        self.ws = ws
+        self.default_model = default_model
+        self.connection_fault = (
+            connection_fault if connection_fault and connection_fault.acts_on_request else None
+        )
+        self.cache = ConnectionCache()
+        self.created_at = time.monotonic()
+        self.last_activity = self.created_at
+        self.lanes: dict[Optional[str], _Lane] = {}
+        self.named_lanes: set[str] = set()
+        self.send_lock = asyncio.Lock()
+        self.closing = False
+        self.close_task: Optional[asyncio.Task[None]] = None
+        self.ping_sent_at: Optional[float] = None
+        self.last_ping_at = self.created_at
+
+    # -- life --------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        watchdog = asyncio.ensure_future(self._watchdog())
+        try:
+            await self._receive_loop()
+        finally:
+            watchdog.cancel()
+            for lane in self.lanes.values():
+                if lane.worker is not None:
+                    lane.worker.cancel()
+            workers = [lane.worker for lane in self.lanes.values() if lane.worker is not None]
+            await asyncio.gather(watchdog, *workers, return_exceptions=True)
+            if self.close_task is not None:
+                await asyncio.gather(self.close_task, return_exceptions=True)
+            self.cache.clear()  # the cache dies with the connection
+
+    def close_soon(self, code: Optional[int], reason: str = "") -> None:
+        """Close from any task of the loop without waiting (code None: drop TCP, no frame)."""
+        if self.closing:
+            return
+        self.closing = True
+        if code is None:
+            transport = self.request.transport
+            if transport is not None:
+                transport.abort()
+            return
+        self.close_task = asyncio.ensure_future(self._close(code, reason))
+
+    async def _close(self, code: int, reason: str) -> None:
+        try:
+            await self.ws.close(code=code, message=reason.encode())
+        except Exception:  # the peer vanished mid-close: nothing left to tell it
+            logger.debug("close(%s) failed", code, exc_info=True)
+
+    async def _receive_loop(self) -> None:
+        stats = self.ctx.stats
+        while True:
+            message = await self.ws.receive()
+            kind = message.type
+            if kind in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
+                return
+            self.last_activity = time.monotonic()
+            if kind == WSMsgType.PING:
+                stats.add("pings_received")
+                await self._guarded(self.ws.pong(message.data))
+            elif kind == WSMsgType.PONG:
+                stats.add("pongs_received")
+                self.ping_sent_at = None
+            elif kind == WSMsgType.TEXT:
+                stats.add("bytes_received", len(message.data.encode()))
+                await self._handle_text(message.data)
+            elif kind == WSMsgType.BINARY:
+                stats.add("bytes_received", len(message.data))
+                await self._send_error(
+                    RequestError(
+                        "Binary frames are not supported: send JSON text frames.",
+                        code="invalid_frame",
+                        param=None,
+                    )
+                )
+
+    async def _watchdog(self) -> None:
+        """Maximum age, idle timeout and server pings, each at its own deadline."""
+        options = self.ctx.options
+        while not self.closing:
+            now = time.monotonic()
+            deadlines = [self.created_at + options.max_connection_age]
+            if now >= deadlines[0]:
+                self.ctx.stats.add("connections_closed_max_age")
+                # The limit cuts in even mid-response: the real service does not promise to
+                # finish one, so a client must rotate before the limit (docs/emulator.md).
+                await self._send_error(
+                    RequestError(
+                        "Responses websocket connection limit reached (60 minutes). Create a new"
+                        " websocket connection to continue.",
+                        code="websocket_connection_limit_reached",
+                        param=None,
+                    )
+                )
+                self.close_soon(1001, "connection limit reached")
+                return
+            if options.idle_timeout is not None:
+                if self._busy_lanes():
+                    self.last_activity = now
+                idle_deadline = self.last_activity + options.idle_timeout
+                if now >= idle_deadline:
+                    self.ctx.stats.add("connections_closed_idle")
+                    self.close_soon(1001, "idle timeout")
+                    return
+                deadlines.append(idle_deadline)
+            if options.ping_interval is not None:
+                if self.ping_sent_at is not None:
+                    pong_deadline = self.ping_sent_at + options.ping_timeout
+                    if now >= pong_deadline:
+                        self.ctx.stats.add("connections_closed_ping_timeout")
+                        self.close_soon(1011, "keepalive ping timeout")
+                        return
+                    deadlines.append(pong_deadline)
+                else:
+                    due = self.last_ping_at + options.ping_interval
+                    if now >= due:
+                        self.last_ping_at = self.ping_sent_at = now
+                        self.ctx.stats.add("pings_sent")
+                        await self._guarded(self.ws.ping(b"oaiws-emulator"))
+                        continue
+                    deadlines.append(due)
+            await asyncio.sleep(max(min(deadlines) - now, 0.001))
+
+    # -- client events -----------------------------------------------------------------------
+
+    async def _handle_text(self, text: str) -> None:
+        try:
+            payload = json.loads(text)
+        except ValueError:
+            await self._send_error(
+                RequestError(
+                    "We could not parse the JSON body of your request: send one JSON object per"
+                    " text frame.",
+                    code="invalid_json",
+                    param=None,
+                )
+            )
+            return
+        if not isinstance(payload, dict):
+            await self._send_error(
+                RequestError(
+                    "Invalid client event: expected a JSON object with a 'type'.",
+                    code="invalid_type",
+                    param="type",
+                )
+            )
+            return
+        raw_stream_id = payload.get("stream_id")
+        echo = (
+            raw_stream_id
+            if isinstance(raw_stream_id, str) and STREAM_ID_PATTERN.fullmatch(raw_stream_id)
+            else None
+        )
+        kind = payload.get("type")
+        if kind == "response.create":
+            await self._create(payload, echo)
+            return
+        if kind == "response.steer":
+            error = RequestError(
+                "response.steer is not supported by the emulated model.",
+                code="unsupported_event_type",
+                param="type",
+            )
+        else:
+            error = RequestError(
+                f"Invalid value: {kind!r}. Supported values are: 'response.create'.",
+                code="invalid_value",
+                param="type",
+            )
+        await self._send_error(error, echo)
+
+    async def _create(self, payload: dict[str, Any], echo: Optional[str]) -> None:
+        self.ctx.stats.add("requests")
+        options = self.ctx.options
+        try:
+            request = parse_create(
+                payload,
+                websocket=True,
+                default_model=self.default_model,
+                deltas=options.deltas,
+                delta_delay=options.delta_delay,
+                first_event_delay=options.first_event_delay,
+            )
+            lane = request.stream_id
+            if (
+                lane is not None
+                and lane not in self.named_lanes
+                and len(self.named_lanes) >= MAX_NAMED_LANES
+            ):
+                raise RequestError(
+                    f"Too many streams: at most {MAX_NAMED_LANES} distinct stream_id values per"
+                    " connection.",
+                    code="websocket_stream_limit_reached",
+                    param="stream_id",
+                )
+            busy = self._busy_lanes()
+            if lane not in busy and len(busy) >= MAX_ACTIVE_RESPONSES:
+                raise RequestError(
+                    f"Too many active responses: at most {MAX_ACTIVE_RESPONSES} per connection.",
+                    code="websocket_stream_limit_reached",
+                    param="stream_id",
+                )
+        except RequestError as error:
+            await self._send_error(error, echo)
+            return
+        if lane is not None:
+            self.named_lanes.add(lane)
+        # A connection fault's request fields apply to the first request on the connection;
+        # a fault in the request's metadata replaces a queued one without consuming it.
+        fault, self.connection_fault = self.connection_fault, None
+        if fault is None and request.controls.fault is None:
+            fault = self.ctx.faults.take("request")
+        state = self.lanes.setdefault(lane, _Lane())
+        state.queue.append((request, fault))
+        if state.worker is None:
+            state.worker = asyncio.ensure_future(self._lane_worker(lane, state))
+
+    def _busy_lanes(self) -> set[Optional[str]]:
+        return {name for name, lane in self.lanes.items() if lane.worker is not None}
+
+    async def _lane_worker(self, name: Optional[str], lane: _Lane) -> None:
+        """Serve one lane's requests in arrival order: one response at a time per lane."""
+        try:
+            while lane.queue and not self.closing:
+                request, fault = lane.queue.popleft()
+                sink = _WebSocketSink(self, request.stream_id)
+                await serve(self.ctx, request, sink, cache=self.cache, fault=fault)
+                self.last_activity = time.monotonic()
+        except ConnectionAborted:
+            pass
+        except Exception:  # a bug must cost one connection, never the server
+            logger.exception("serving a response failed; closing the connection")
+            self.close_soon(1011, "internal error")
+        finally:
+            lane.worker = None
+            if not lane.queue:
+                self.lanes.pop(name, None)
+
+    # -- sending -----------------------------------------------------------------------------
+
+    async def _guarded(self, operation: Any) -> None:
+        try:
+            await operation
+        except Exception:  # the socket died: the receive loop notices and ends the session
+            logger.debug("send failed", exc_info=True)
+
+    async def send_text(self, text: str) -> None:
+        if self.closing or self.ws.closed:
+            raise ConnectionAborted
+        try:
+            async with self.send_lock:
+                await self.ws.send_str(text)
+        except Exception as exc:
+            raise ConnectionAborted from exc
+
+    async def _send_error(self, error: RequestError, stream_id: Optional[str] = None) -> None:
+        self.ctx.stats.add("errors_sent")
+        self.ctx.stats.add("events_sent")
+        with contextlib.suppress(ConnectionAborted):  # the socket is gone: nobody to tell
+            await self.send_text(json.dumps(error.websocket_event(stream_id)))
+
+
+class _WebSocketSink:
+    def __init__(self, session: WebSocketSession, stream_id: Optional[str]) -> None:
+        self.session = session
+        self.stream_id = stream_id
+
+    async def send_event(self, event: dict[str, Any]) -> None:
+        await self.session.send_text(json.dumps(event))
+        self.session.ctx.stats.add("events_sent")
+
+    async def send_error(self, error: RequestError, sequence_number: int) -> None:
+        event = error.websocket_event(self.stream_id)
+        event["sequence_number"] = sequence_number
+        self.session.ctx.stats.add("errors_sent")
+        await self.send_event(event)
+
+    async def send_malformed(self) -> None:
+        await self.session.send_text('{"type": "response.created", "response": {')
+        self.session.ctx.stats.add("events_sent")
+
+    async def send_binary(self) -> None:
+        if self.session.closing:
+            raise ConnectionAborted
+        try:
+            async with self.session.send_lock:
+                await self.session.ws.send_bytes(b"\x00\x01oaiws-emulator-binary-frame")
+        except Exception as exc:
+            raise ConnectionAborted from exc
+        self.session.ctx.stats.add("events_sent")
+
+    async def abort(self, close_code: Optional[int]) -> None:
+        self.session.close_soon(close_code, "fault injected")
+        raise ConnectionAborted
