@@ -181,7 +181,8 @@ def _check_header(name: object, value: object) -> tuple[str, str]:
     return name, value
 
 
-@dataclass(frozen=True, repr=False)
+# eq=False: identity semantics, so a config can key caches (its header mapping is unhashable).
+@dataclass(frozen=True, repr=False, eq=False)
 class ClientConfig:
     """The resolved, validated options of one ``Client``. Build it with ``resolve``."""
 
