@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from . import errors
+from ._client import Client
 from ._events import Event, Response
+from ._stream import ResponseStream
 from ._version import __version__
 from .errors import (
     APIConnectionError,
@@ -34,6 +36,7 @@ __all__ = [
     "APITimeoutError",
     "AuthenticationError",
     "BadRequestError",
+    "Client",
     "ConfigurationError",
     "ConflictError",
     "ConnectionLimitReachedError",
@@ -47,6 +50,7 @@ __all__ = [
     "ProtocolError",
     "RateLimitError",
     "Response",
+    "ResponseStream",
     "StreamInterruptedError",
     "UnprocessableEntityError",
     "__version__",

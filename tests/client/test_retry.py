@@ -72,14 +72,17 @@ def test_interrupted_buffered_requests_are_retried_whole() -> None:
     assert not _retry.is_retryable(BadRequestError("bad"), whole_request=True)
 
 
-def test_backoff_grows_exponentially_with_downward_jitter() -> None:
+def test_backoff_grows_exponentially_with_downward_jitter(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_retry, "INITIAL_BACKOFF", 0.5)
+    monkeypatch.setattr(_retry, "MAX_BACKOFF", 8.0)
     for attempt, base in [(1, 0.5), (2, 1.0), (3, 2.0), (4, 4.0), (5, 8.0), (9, 8.0)]:
         for _ in range(50):
             pause = _retry.backoff_seconds(attempt)
             assert 0.75 * base <= pause <= base
 
 
-def test_backoff_honours_a_sane_retry_after() -> None:
+def test_backoff_honours_a_sane_retry_after(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_retry, "INITIAL_BACKOFF", 0.5)
     assert _retry.backoff_seconds(1, retry_after=3.0) == 3.0
     assert _retry.backoff_seconds(1, retry_after=0.0) == 0.0
     assert _retry.backoff_seconds(1, retry_after=3600.0) <= 0.5

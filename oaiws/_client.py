@@ -1,0 +1,165 @@
+"""``Client``: the public entry point. Owns the configuration and the connection pool."""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Optional, Union
+
+from ._config import ClientConfig, display_url
+from ._pool import Pool
+from ._stream import ResponseStream, build_payload, collect_response
+from .errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+    from ._events import Response
+
+__all__ = ["Client"]
+
+
+class Client:
+    """A thread-safe client of the Responses API over WebSocket, with a pool of connections.
+
+    Build one per process (a module-level client in a web app) and share it between threads::
+
+        client = oaiws.Client()                       # OPENAI_API_KEY from the environment
+        for event in client.generate_response(model="gpt-5.5", input="Hello"):
+            if event.type == "response.output_text.delta":
+                print(event.delta, end="")
+
+    Options (every one also documented on ``ClientConfig``): credentials and URLs
+    (``api_key``, ``base_url``, ``websocket_url``, ``organization``, ``project``,
+    ``default_headers``), the pool (``max_connections``, ``min_connections``,
+    ``pool_timeout``, ``max_connection_age``, ``connection_age_margin``, ``idle_timeout``,
+    ``ping_interval``), deadlines (``connect_timeout`` for the handshake, ``read_timeout``
+    for the silence between two events), ``max_retries``, TLS ``verify`` and ``proxy``.
+    Nothing touches the network until the first request.
+    """
+
+    def __init__(
+        self,
+        *,
+        api_key: Optional[str] = None,
+        base_url: Optional[str] = None,
+        websocket_url: Optional[str] = None,
+        organization: Optional[str] = None,
+        project: Optional[str] = None,
+        default_headers: Optional[Mapping[str, str]] = None,
+        max_connections: int = 10,
+        min_connections: int = 0,
+        pool_timeout: float = 30.0,
+        connect_timeout: float = 10.0,
+        read_timeout: float = 600.0,
+        max_connection_age: float = 3600.0,
+        connection_age_margin: float = 300.0,
+        idle_timeout: Optional[float] = 300.0,
+        ping_interval: Optional[float] = 20.0,
+        max_retries: int = 2,
+        verify: Union[bool, str] = True,
+        proxy: Optional[str] = None,
+    ) -> None:
+        self._config = ClientConfig.resolve(
+            api_key=api_key,
+            base_url=base_url,
+            websocket_url=websocket_url,
+            organization=organization,
+            project=project,
+            default_headers=default_headers,
+            max_connections=max_connections,
+            min_connections=min_connections,
+            pool_timeout=pool_timeout,
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+            max_connection_age=max_connection_age,
+            connection_age_margin=connection_age_margin,
+            idle_timeout=idle_timeout,
+            ping_interval=ping_interval,
+            max_retries=max_retries,
+            verify=verify,
+            proxy=proxy,
+        )
+        self._pool = Pool(self._config)
+        self._lock = threading.Lock()
+        self._closed = False
+
+    @property
+    def config(self) -> ClientConfig:
+        """The resolved options (its repr never shows the key)."""
+        return self._config
+
+    def generate_response(
+        self, *, timeout: Optional[float] = None, **fields: Any
+    ) -> ResponseStream:
+        """Start a response and return its events as an iterator (also a context manager).
+
+        ``fields`` are those of ``response.create`` (``model``, ``input``, ``instructions``,
+        ``tools``, ``previous_response_id``, ...); keys set to ``None`` are left out. They are
+        checked here, before anything is sent; the first ``next()`` acquires a connection and
+        sends. ``timeout`` bounds the whole request in seconds (pool wait, retries and
+        reading), on top of the client's ``read_timeout`` between two events.
+        """
+        payload, seconds = self._prepare(fields, timeout)
+        return ResponseStream(self._pool, self._config, payload, timeout=seconds)
+
+    def create_response(self, *, timeout: Optional[float] = None, **fields: Any) -> Response:
+        """Run a response to its end and return it.
+
+        A ``failed`` or ``incomplete`` response is returned (see ``Response.status``), not
+        raised; an ``error`` event raises. Since nothing was shown to the caller, a connection
+        lost midway is retried as a whole request within ``max_retries``.
+        """
+        payload, seconds = self._prepare(fields, timeout)
+        return collect_response(self._pool, self._config, payload, timeout=seconds)
+
+    def _prepare(
+        self, fields: Mapping[str, Any], timeout: Optional[float]
+    ) -> tuple[dict[str, Any], Optional[float]]:
+        if self._closed:
+            raise ConfigurationError("this Client is closed: create a new one")
+        payload = build_payload(fields)
+        if timeout is not None and (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, (int, float))
+            or not math.isfinite(timeout)
+            or timeout <= 0
+        ):
+            raise ConfigurationError("timeout must be a positive number of seconds or None")
+        self._config.require_api_key()
+        return payload, None if timeout is None else float(timeout)
+
+    def pool_stats(self) -> dict[str, Any]:
+        """The pool's counters (handshakes, requests, connections open/idle/in use, retries...)."""
+        return dict(self._pool.stats())
+
+    def close(self) -> None:
+        """Close every connection. Idempotent; requests in flight fail with a connection error."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._pool.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: Optional[type[BaseException]],
+        exc: Optional[BaseException],
+        traceback: Optional[TracebackType],
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return (
+            f"<oaiws.Client {display_url(self._config.websocket_url)} "
+            f"max_connections={self._config.max_connections} {state}>"
+        )

@@ -1,0 +1,38 @@
+"""Shared helpers of the client tests: clients bound to an emulator, condition waits."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, Callable
+
+import pytest
+
+import oaiws
+from oaiws import _retry
+
+
+@pytest.fixture(autouse=True)
+def _fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The policy's pauses, not its decisions, are shortened: every rule still runs.
+    monkeypatch.setattr(_retry, "INITIAL_BACKOFF", 0.01)
+    monkeypatch.setattr(_retry, "MAX_BACKOFF", 0.05)
+
+
+ClientFactory = Callable[..., oaiws.Client]
+
+
+@pytest.fixture
+def client_for() -> Iterator[ClientFactory]:
+    """``client_for(emulator, **options)``: a Client on that emulator, closed at teardown."""
+    clients: list[oaiws.Client] = []
+
+    def make(emulator: Any, **options: Any) -> oaiws.Client:
+        options.setdefault("api_key", emulator.api_key)
+        options.setdefault("base_url", emulator.base_url)
+        client = oaiws.Client(**options)
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.close()

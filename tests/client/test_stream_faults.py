@@ -1,0 +1,217 @@
+"""Each retry rule and each failure class, over real sockets with the emulator's faults."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+import oaiws
+from oaiws.testing import Fault
+
+
+def text_of(events: Any) -> str:
+    return "".join(e.delta for e in events if e.type == "response.output_text.delta")
+
+
+def _retries(client: oaiws.Client) -> int:
+    return int(client.pool_stats().get("retries", 0))
+
+
+def test_handshake_503_with_retry_after_is_retried(oaiws_emulator: Any, client_for: Any) -> None:
+    client = client_for(oaiws_emulator)
+    oaiws_emulator.inject(Fault(refuse_status=503, retry_after=0.2), on="connection")
+    started = time.monotonic()
+    response = client.create_response(model="gpt-5.5", input="x")
+    assert response.status == "completed"
+    assert time.monotonic() - started >= 0.2  # the server's retry-after was honoured
+    assert _retries(client) == 1
+    assert oaiws_emulator.stats()["refused_upgrades"] == 1
+
+
+def test_rate_limit_error_event_is_retried_then_succeeds(
+    oaiws_emulator: Any, client_for: Any
+) -> None:
+    client = client_for(oaiws_emulator)
+    oaiws_emulator.inject(Fault(error_code="rate_limit_exceeded"), on="request")
+    events = list(client.generate_response(model="gpt-5.5", input="x"))
+    assert events[-1].type == "response.completed"
+    assert all(event.type != "error" for event in events)
+    assert _retries(client) == 1
+    assert oaiws_emulator.stats()["requests"] == 2
+
+
+def test_retries_are_bounded_by_max_retries(oaiws_emulator: Any, client_for: Any) -> None:
+    client = client_for(oaiws_emulator, max_retries=2)
+    oaiws_emulator.inject(Fault(error_code="server_error"), on="request", times=5)
+    with pytest.raises(oaiws.InternalServerError) as caught:
+        client.create_response(model="gpt-5.5", input="x")
+    assert caught.value.status_code == 500
+    assert oaiws_emulator.stats()["requests"] == 3
+
+
+def test_bad_request_error_event_is_raised_at_once(oaiws_emulator: Any, client_for: Any) -> None:
+    client = client_for(oaiws_emulator)
+    with pytest.raises(oaiws.BadRequestError) as caught:
+        list(
+            client.generate_response(
+                model="gpt-5.5", input="x", metadata={"emulator_deltas": "lots"}
+            )
+        )
+    error = caught.value
+    assert error.status_code == 400
+    assert error.code
+    assert error.param == "metadata"
+    assert oaiws_emulator.stats()["requests"] == 1
+    assert _retries(client) == 0
+    # A request-scoped error leaves the connection sound: the next request reuses it.
+    assert client.create_response(model="gpt-5.5", input="x").status == "completed"
+    assert oaiws_emulator.stats()["handshakes"] == 1
+
+
+def test_injected_400_is_not_retried(oaiws_emulator: Any, client_for: Any) -> None:
+    client = client_for(oaiws_emulator)
+    oaiws_emulator.inject(Fault(error_code="invalid_value", error_status=400), on="request")
+    with pytest.raises(oaiws.BadRequestError):
+        client.create_response(model="gpt-5.5", input="x")
+    assert oaiws_emulator.stats()["requests"] == 1
+
+
+def test_bad_key_is_not_retried_and_never_shown(oaiws_emulator: Any, client_for: Any) -> None:
+    client = client_for(oaiws_emulator, api_key="sk-wrong-secret-123")
+    with pytest.raises(oaiws.AuthenticationError) as caught:
+        client.create_response(model="gpt-5.5", input="x")
+    assert caught.value.status_code == 401
+    assert oaiws_emulator.stats()["refused_upgrades"] == 1
+    assert _retries(client) == 0
+    assert "sk-wrong-secret-123" not in str(caught.value)
+    assert "sk-wrong-secret-123" not in repr(caught.value)
+    assert "sk-wrong-secret-123" not in repr(client)
+
+
+def test_previous_response_not_found_says_how_to_recover(
+    oaiws_emulator: Any, client_for: Any
+) -> None:
+    client = client_for(oaiws_emulator)
+    with pytest.raises(oaiws.PreviousResponseNotFoundError) as caught:
+        client.create_response(
+            model="gpt-5.5", input="x", previous_response_id="resp_unknown", store=False
+        )
+    error = caught.value
+    assert error.status_code == 400
+    assert error.param == "previous_response_id"
+    assert "full input" in str(error) and "Conversation" in str(error)
+
+
+def test_stale_pooled_connection_is_replaced_without_spending_a_retry(
+    oaiws_emulator: Any, client_for: Any
+) -> None:
+    client = client_for(oaiws_emulator, max_connections=1, max_retries=0)
+    assert client.create_response(model="gpt-5.5", input="one").status == "completed"
+    oaiws_emulator.close_all_connections()
+    # With max_retries=0, only a free resend can make this succeed.
+    assert client.create_response(model="gpt-5.5", input="two").status == "completed"
+    assert oaiws_emulator.stats()["handshakes"] == 2
+    assert _retries(client) == 0
+
+
+def test_connection_limit_reached_is_resent_transparently(
+    oaiws_emulator: Any, client_for: Any
+) -> None:
+    client = client_for(oaiws_emulator, max_retries=0)
+    oaiws_emulator.inject(Fault(error_code="websocket_connection_limit_reached"), on="request")
+    events = list(client.generate_response(model="gpt-5.5", input="x"))
+    assert events[-1].type == "response.completed"
+    stats = oaiws_emulator.stats()
+    assert (stats["handshakes"], stats["requests"]) == (2, 2)
+
+
+def test_mid_stream_close_raises_stream_interrupted_without_retry(
+    oaiws_emulator: Any, client_for: Any
+) -> None:
+    client = client_for(oaiws_emulator)
+    oaiws_emulator.inject(Fault(close_after_events=5), on="request")
+    seen: list[oaiws.Event] = []
+    with pytest.raises(oaiws.StreamInterruptedError) as caught:
+        for event in client.generate_response(model="gpt-5.5", input="x"):
+            seen.append(event)
+    error = caught.value
+    assert len(error.events) == len(seen) == 5
+    assert [e.type for e in error.events] == [e.type for e in seen]
+    partial = error.partial_response
+    assert partial is not None and partial.status == "in_progress"
+    assert partial.output_text == text_of(seen)
+    assert error.response_id == partial.id
+    assert oaiws_emulator.stats()["requests"] == 1
+    assert _retries(client) == 0
+    assert client.create_response(model="gpt-5.5", input="x").status == "completed"
+
+
+def test_create_response_retries_a_mid_stream_close_whole(
+    oaiws_emulator: Any, client_for: Any
+) -> None:
+    client = client_for(oaiws_emulator)
+    oaiws_emulator.inject(Fault(close_after_events=5), on="request")
+    assert client.create_response(model="gpt-5.5", input="x").status == "completed"
+    assert oaiws_emulator.stats()["requests"] == 2
+    assert _retries(client) == 1
+
+
+@pytest.mark.parametrize("fault", [Fault(malformed_frame=True), Fault(binary_frame=True)])
+def test_frames_outside_the_protocol_raise_protocol_error(
+    oaiws_emulator: Any, client_for: Any, fault: Fault
+) -> None:
+    client = client_for(oaiws_emulator)
+    oaiws_emulator.inject(fault, on="request")
+    with pytest.raises(oaiws.ProtocolError):
+        list(client.generate_response(model="gpt-5.5", input="x"))
+    assert oaiws_emulator.stats()["requests"] == 1
+    assert client.create_response(model="gpt-5.5", input="x").status == "completed"
+
+
+def test_silence_before_the_first_event_times_out_quickly(
+    oaiws_emulator: Any, client_for: Any
+) -> None:
+    client = client_for(oaiws_emulator, read_timeout=0.3, max_retries=0)
+    oaiws_emulator.inject(Fault(stall_before_first_event=5.0), on="request")
+    started = time.monotonic()
+    with pytest.raises(oaiws.APITimeoutError):
+        list(client.generate_response(model="gpt-5.5", input="x"))
+    assert 0.25 <= time.monotonic() - started < 2.0
+
+
+def test_silence_before_the_first_event_is_retried(oaiws_emulator: Any, client_for: Any) -> None:
+    client = client_for(oaiws_emulator, read_timeout=0.3)
+    oaiws_emulator.inject(Fault(stall_before_first_event=5.0), on="request")
+    assert client.create_response(model="gpt-5.5", input="x").status == "completed"
+    assert _retries(client) == 1
+
+
+def test_silence_mid_stream_is_a_timeout_carrying_the_partial_response(
+    oaiws_emulator: Any, client_for: Any
+) -> None:
+    client = client_for(oaiws_emulator, read_timeout=0.3)
+    oaiws_emulator.inject(Fault(stall_after_first_event=5.0), on="request")
+    started = time.monotonic()
+    with pytest.raises(oaiws.APITimeoutError) as caught:
+        list(client.generate_response(model="gpt-5.5", input="x"))
+    assert time.monotonic() - started < 2.0
+    assert isinstance(caught.value, oaiws.StreamInterruptedError)
+    assert len(caught.value.events) == 1
+    assert oaiws_emulator.stats()["requests"] == 1
+
+
+def test_total_timeout_bounds_a_slow_stream(oaiws_emulator: Any, client_for: Any) -> None:
+    client = client_for(oaiws_emulator)
+    slow = {"emulator_deltas": "100", "emulator_delta_delay_ms": "50"}
+    started = time.monotonic()
+    with pytest.raises(oaiws.APITimeoutError, match=r"timeout of 0\.4s"):
+        list(client.generate_response(model="gpt-5.5", input="x", metadata=slow, timeout=0.4))
+    assert 0.35 <= time.monotonic() - started < 1.5
+    started = time.monotonic()
+    with pytest.raises(oaiws.APITimeoutError):
+        client.create_response(model="gpt-5.5", input="x", metadata=slow, timeout=0.4)
+    assert time.monotonic() - started < 1.5
+    # The requests were not retried past their deadline.
+    assert oaiws_emulator.stats()["requests"] == 2
