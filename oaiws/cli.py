@@ -24,6 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .testing import _cli as emulator_cli
 
     emulator_cli.register(commands)
+    from . import _demo
+
+    _demo.register(commands)
     return parser
 
 
