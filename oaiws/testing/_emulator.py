@@ -10,6 +10,7 @@ import socket
 import ssl
 import tempfile
 import threading
+import time
 from types import TracebackType
 from typing import Any, Optional, Union
 
@@ -25,6 +26,7 @@ logger = logging.getLogger("oaiws.testing")
 
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
+SHUTDOWN_GRACE = 0.5
 
 
 def url_host(host: str) -> str:
@@ -273,7 +275,13 @@ class Emulator:
 
     async def _shutdown(self) -> None:
         if self._app is not None:
-            _optional("oaiws.testing._server", "aiohttp").close_all(self._app, 1001)
+            server = _optional("oaiws.testing._server", "aiohttp")
+            # Going away politely, but a client that is not reading must not hold stop() up.
+            server.close_all(self._app, 1001)
+            deadline = time.monotonic() + SHUTDOWN_GRACE
+            while server.open_sessions(self._app) and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            server.abort_all(self._app)
         if self._runner is not None:
             await self._runner.cleanup()
 

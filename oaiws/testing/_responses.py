@@ -60,7 +60,10 @@ def usage(input_bytes: int, cached_bytes: int, output_tokens: int) -> dict[str, 
     input_tokens = count_tokens(input_bytes)
     return {
         "input_tokens": input_tokens,
-        "input_tokens_details": {"cached_tokens": min(count_tokens(cached_bytes), input_tokens)},
+        "input_tokens_details": {
+            "cached_tokens": min(count_tokens(cached_bytes), input_tokens),
+            "cache_write_tokens": 0,
+        },
         "output_tokens": output_tokens,
         "output_tokens_details": {"reasoning_tokens": 0},
         "total_tokens": input_tokens + output_tokens,

@@ -51,6 +51,16 @@ def close_all(app: web.Application, code: Optional[int]) -> int:
     return len(sessions)
 
 
+def open_sessions(app: web.Application) -> int:
+    return len(app[SESSIONS_KEY])
+
+
+def abort_all(app: web.Application) -> None:
+    registry: set[WebSocketSession] = app[SESSIONS_KEY]
+    for session in list(registry):
+        session.abort()
+
+
 # -- plumbing ------------------------------------------------------------------------------
 
 

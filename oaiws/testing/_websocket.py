@@ -60,7 +60,8 @@ class WebSocketSession:
         self.named_lanes: set[str] = set()
         self.send_lock = asyncio.Lock()
         self.closing = False
-        self.close_task: Optional[asyncio.Task[None]] = None
+        self.close_request: Optional[tuple[int, str]] = None
+        self.reader: Optional[asyncio.Task[None]] = None
         self.ping_sent_at: Optional[float] = None
         self.last_ping_at = self.created_at
 
@@ -68,17 +69,22 @@ class WebSocketSession:
 
     async def run(self) -> None:
         watchdog = asyncio.ensure_future(self._watchdog())
+        self.reader = asyncio.ensure_future(self._receive_loop())
         try:
-            await self._receive_loop()
+            # Waiting (rather than awaiting the reader) keeps a cancellation of the reader by
+            # close_soon() apart from a cancellation of this handler at shutdown.
+            await asyncio.wait([self.reader])
+            if self.close_request is not None:
+                code, reason = self.close_request
+                await self._close(code, reason)
         finally:
+            self.reader.cancel()
             watchdog.cancel()
             for lane in self.lanes.values():
                 if lane.worker is not None:
                     lane.worker.cancel()
             workers = [lane.worker for lane in self.lanes.values() if lane.worker is not None]
             await asyncio.gather(watchdog, *workers, return_exceptions=True)
-            if self.close_task is not None:
-                await asyncio.gather(self.close_task, return_exceptions=True)
             self.cache.clear()  # the cache dies with the connection
 
     def close_soon(self, code: Optional[int], reason: str = "") -> None:
@@ -87,11 +93,20 @@ class WebSocketSession:
             return
         self.closing = True
         if code is None:
-            transport = self.request.transport
-            if transport is not None:
-                transport.abort()
+            self.abort()
             return
-        self.close_task = asyncio.ensure_future(self._close(code, reason))
+        # The close handshake runs in the handler once the reader stops, so that the reader
+        # and close() never compete for frames and the client's close reply is awaited.
+        self.close_request = (code, reason)
+        if self.reader is not None:
+            self.reader.cancel()
+
+    def abort(self) -> None:
+        """Drop TCP at once, with no close frame."""
+        self.closing = True
+        transport = self.request.transport
+        if transport is not None:
+            transport.abort()
 
     async def _close(self, code: int, reason: str) -> None:
         try:
