@@ -106,7 +106,8 @@ class Pool:
 
     ``connect`` opens one connection (``Connection.open``; tests inject a fake). ``clock``
     measures ages and idle times (``time.monotonic``; tests may inject a fake one). Waiting
-    for a connection always uses real time.
+    for a connection always uses real time. ``background=False`` runs no maintenance thread:
+    the owner calls ``run_maintenance()`` itself (tests drive the pool step by step).
     """
 
     def __init__(
@@ -116,8 +117,10 @@ class Pool:
         *,
         clock: Callable[[], float] = time.monotonic,
         rng: Optional[random.Random] = None,
+        background: bool = True,
     ) -> None:
         self._config = config
+        self._background = background
         self._connect = connect
         self._clock = clock
         self._rng = rng if rng is not None else random.Random()
@@ -434,7 +437,7 @@ class Pool:
     # -- maintenance -----------------------------------------------------------------
 
     def _start_maintenance(self) -> None:
-        if self._thread is not None:
+        if self._thread is not None or not self._background:
             return
         with self._lock:
             if self._thread is not None or self._closed:
