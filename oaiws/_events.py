@@ -195,13 +195,17 @@ class ResponseAccumulator:
 
     The response snapshot comes from the lifecycle events (``response.created`` ... the terminal
     one); the output is assembled from item, part and delta events, and used whenever the
-    terminal event carries no output of its own (some servers send it empty). Text deltas are
-    kept as lists of chunks and joined once, at ``build()``.
+    terminal event carries no output of its own (some servers send it empty).
+
+    ``add`` only queues the event: the work is done by ``build``, and skipped altogether when
+    the terminal event carries the finished output, which is the common case. So a stream pays
+    a list append per event, not a parse of it.
     """
 
-    __slots__ = ("_args", "_chunks", "_items", "_snapshot", "terminal_type")
+    __slots__ = ("_args", "_chunks", "_items", "_queued", "_snapshot", "terminal_type")
 
     def __init__(self) -> None:
+        self._queued: list[Mapping[str, Any]] = []
         self._snapshot: dict[str, Any] = {}
         self._items: dict[int, dict[str, Any]] = {}
         self._chunks: dict[tuple[int, int, str], list[str]] = {}
@@ -209,6 +213,29 @@ class ResponseAccumulator:
         self.terminal_type: Optional[str] = None
 
     def add(self, data: Mapping[str, Any]) -> None:
+        self._queued.append(data)
+        kind = data.get("type")
+        if kind in TERMINAL_EVENT_TYPES:
+            self.terminal_type = str(kind)
+
+    def build(self) -> Response:
+        """The response as known so far: final after a terminal event, partial before."""
+        queued, self._queued = self._queued, []
+        last = queued[-1] if queued else None
+        if last is not None and last.get("type") in TERMINAL_EVENT_TYPES and not self._items:
+            response = last.get("response")
+            if isinstance(response, dict) and response.get("output"):
+                self._snapshot = response
+                return Response(dict(response))
+        for data in queued:
+            self._apply(data)
+        self._flush()
+        data = dict(self._snapshot)
+        if not data.get("output") and self._items:
+            data["output"] = [self._items[index] for index in sorted(self._items)]
+        return Response(data)
+
+    def _apply(self, data: Mapping[str, Any]) -> None:
         kind = data.get("type")
         # Most frequent first: a response is mostly deltas.
         if kind == "response.output_text.delta":
@@ -217,10 +244,11 @@ class ResponseAccumulator:
             delta = data.get("delta")
             if isinstance(delta, str):
                 self._args.setdefault(_index(data, "output_index"), []).append(delta)
-        elif kind in TERMINAL_EVENT_TYPES:
-            self._take_snapshot(data)
-            self.terminal_type = kind
-        elif kind in ("response.created", "response.in_progress", "response.queued"):
+        elif kind in TERMINAL_EVENT_TYPES or kind in (
+            "response.created",
+            "response.in_progress",
+            "response.queued",
+        ):
             self._take_snapshot(data)
         elif kind in ("response.output_item.added", "response.output_item.done"):
             item = data.get("item")
@@ -245,14 +273,6 @@ class ResponseAccumulator:
             item = self._items.get(index)
             if item is not None and isinstance(arguments, str):
                 item["arguments"] = arguments
-
-    def build(self) -> Response:
-        """The response as known so far: final after a terminal event, partial before."""
-        self._flush()
-        data = dict(self._snapshot)
-        if not data.get("output") and self._items:
-            data["output"] = [self._items[index] for index in sorted(self._items)]
-        return Response(data)
 
     def _take_snapshot(self, data: Mapping[str, Any]) -> None:
         response = data.get("response")

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from typing import Callable, Optional
+from typing import Callable, Optional, TypeVar
 
 from tenacity import RetryCallState, Retrying, retry_if_exception
 from tenacity.stop import stop_base
@@ -37,11 +37,14 @@ __all__ = [
     "MAX_RETRY_AFTER",
     "TotalTimeoutError",
     "backoff_seconds",
+    "call",
     "is_retryable",
     "retrying",
 ]
 
 log = logging.getLogger("oaiws")
+
+T = TypeVar("T")
 
 # Seconds. Module-level so an application (or a test) can tune them in one place.
 INITIAL_BACKOFF = 0.5
@@ -159,3 +162,34 @@ def retrying(
         before_sleep=before_sleep,
         reraise=True,
     )
+
+
+def call(
+    attempt: Callable[[], T],
+    max_retries: int,
+    deadline: Optional[float] = None,
+    *,
+    whole_request: bool = False,
+    on_retry: Optional[Callable[[], None]] = None,
+) -> T:
+    """Run ``attempt`` under the policy and return its result.
+
+    The first try runs before any tenacity machinery is built: it almost always succeeds, and
+    a ``Retrying`` costs more to set up than the rest of a warm request's bookkeeping. When it
+    fails with something worth retrying, tenacity takes over as if it had made that first try
+    itself (same counting, same pauses, same logs).
+    """
+    try:
+        return attempt()
+    except Exception as error:
+        if max_retries == 0 or not is_retryable(error, whole_request=whole_request):
+            raise
+        first_failure: list[Exception] = [error]
+
+    def replay_then_attempt() -> T:
+        if first_failure:
+            raise first_failure.pop()
+        return attempt()
+
+    policy = retrying(max_retries, deadline, whole_request=whole_request, on_retry=on_retry)
+    return policy(replay_then_attempt)

@@ -256,11 +256,9 @@ class _Request:
             self.deadline = time.monotonic() + self.timeout
         if not self.retry_start:
             return self._attempt()
-        retrying = _retry.retrying(
-            self.config.max_retries, self.deadline, on_retry=self.pool.record_retry
+        return _retry.call(
+            self._attempt, self.config.max_retries, self.deadline, on_retry=self.pool.record_retry
         )
-        result: dict[str, Any] = retrying(self._attempt)
-        return result
 
     def _attempt(self) -> dict[str, Any]:
         # A stale pooled connection or a retired one is not the request's failure: replace it
@@ -322,7 +320,10 @@ class _Request:
         conn = self.conn
         assert conn is not None  # held from start() until a terminal event
         try:
-            data: dict[str, Any] = conn.recv_json(self._bounded(self.config.read_timeout))
+            timeout = self.config.read_timeout
+            if self.deadline is not None:
+                timeout = self._bounded(timeout)
+            data: dict[str, Any] = conn.recv_json(timeout)
         except APITimeoutError as error:
             self.drop_connection("timed out in the middle of a response")
             cause = self._timed_out(error)
@@ -332,16 +333,10 @@ class _Request:
             raise self._interrupted(StreamInterruptedError, error.message) from error
         return data
 
-    def accept(self, data: dict[str, Any]) -> Event:
-        """Account for one event; on a terminal one, give the connection back to the pool."""
-        self.check(data)
-        self.accumulator.add(data)
-        event = Event(data)
-        self.events.append(event)
-        if data["type"] in TERMINAL_EVENT_TYPES:
-            self.response = self.accumulator.build()
-            self._return_connection(self.response.id)
-        return event
+    def finish(self) -> None:
+        """After the terminal event: build the response and give the connection back."""
+        self.response = self.accumulator.build()
+        self._return_connection(self.response.id)
 
     def _interrupted(self, cls: type[StreamInterruptedError], cause: str) -> StreamInterruptedError:
         return cls(
@@ -361,13 +356,24 @@ class _Request:
 
 
 def _events(request: _Request) -> Generator[Event, None, None]:
+    # The hot loop of every stream: names are bound locally, the common path is a few dict
+    # lookups, and anything unusual goes through request.check().
     try:
         data = request.start()
+        add = request.accumulator.add
+        keep = request.events.append
         while True:
-            event = request.accept(data)
-            yield event
-            if request.response is not None:
+            kind = data.get("type") if data.__class__ is dict else None
+            if kind.__class__ is not str or kind == "error":
+                request.check(data)  # raises: not an event, or a request-scoped error
+            add(data)
+            event = Event(data)
+            keep(event)
+            if kind in TERMINAL_EVENT_TYPES:
+                request.finish()
+                yield event
                 return
+            yield event
             data = request.receive()
     finally:
         # Reached with the connection still held only when the response was not read to its
@@ -460,8 +466,6 @@ def collect_response(
         assert request.response is not None  # the generator ends only at a terminal event
         return request.response
 
-    retrying = _retry.retrying(
-        config.max_retries, deadline, whole_request=True, on_retry=pool.record_retry
+    return _retry.call(
+        attempt, config.max_retries, deadline, whole_request=True, on_retry=pool.record_retry
     )
-    response: Response = retrying(attempt)
-    return response

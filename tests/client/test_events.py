@@ -243,3 +243,16 @@ def test_refusal_deltas() -> None:
     response = accumulator.build()
     assert response.output[0].content[0].refusal == "no"
     assert response.output_text == ""
+
+
+def test_partial_build_then_the_rest() -> None:
+    events = _text_turn(["one ", "two ", "three"], terminal_output=False)
+    accumulator = ResponseAccumulator()
+    for event in events[:5]:
+        accumulator.add(event)
+    assert accumulator.build().output_text == "one "
+    for event in events[5:]:
+        accumulator.add(event)
+    final = accumulator.build()
+    assert final.status == "completed"
+    assert final.output_text == "one two three"
