@@ -144,6 +144,7 @@ class Emulator:
         with self._lock:
             if self._thread is not None:
                 return self
+            _optional("aiohttp.web", "aiohttp")  # fail here, in the caller, when it is missing
             ssl_context = self._ssl_context()
             sock = self._bind()
             ready = threading.Event()
@@ -157,10 +158,13 @@ class Emulator:
             )
             thread.start()
             if not ready.wait(START_TIMEOUT) or failure:
-                loop.call_soon_threadsafe(loop.stop)
+                if not loop.is_closed():
+                    loop.call_soon_threadsafe(loop.stop)
                 thread.join(STOP_TIMEOUT)
                 sock.close()
                 self._cleanup_tls()
+                if failure and isinstance(failure[0], ConfigurationError):
+                    raise failure[0]
                 if failure:
                     raise RuntimeError(
                         f"the emulator failed to start: {failure[0]!r}"

@@ -3,6 +3,7 @@ conditions with deadlines (never sleeping in place of synchronisation)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import struct
 import time
@@ -32,8 +33,15 @@ def wait_for(condition: Callable[[], Any], timeout: float = 5.0, what: str = "co
 class Client:
     """One raw WebSocket to the emulator, with the few reads the tests need."""
 
-    def __init__(self, url: str, *, key: Optional[str] = KEY, header: Optional[list[str]] = None,
-                 sslopt: Optional[dict[str, Any]] = None, timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        key: Optional[str] = KEY,
+        header: Optional[list[str]] = None,
+        sslopt: Optional[dict[str, Any]] = None,
+        timeout: float = 5.0,
+    ) -> None:
         headers = list(header or [])
         if key is not None and header is None:
             headers.append(f"Authorization: Bearer {key}")
@@ -103,7 +111,5 @@ def connect(emu: Emulator) -> Iterator[Callable[..., Client]]:
 
     yield factory
     for client in clients:
-        try:
+        with contextlib.suppress(Exception):
             client.close()
-        except Exception:
-            pass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 
 import pytest
 import requests
@@ -13,7 +14,11 @@ from .conftest import KEY, final
 
 def test_failed_outcome(connect):
     events = connect().run(input="x", metadata={"emulator_outcome": "failed"})
-    assert [e["type"] for e in events] == ["response.created", "response.in_progress", "response.failed"]
+    assert [e["type"] for e in events] == [
+        "response.created",
+        "response.in_progress",
+        "response.failed",
+    ]
     response = final(events)
     assert response["status"] == "failed" and response["error"]["code"] == "server_error"
 
@@ -63,8 +68,17 @@ def test_missing_model(connect):
     assert (error["code"], error["param"]) == ("missing_required_parameter", "model")
 
 
-@pytest.mark.parametrize("frame", ["{not json", "[1, 2]", '{"type": "response.cancel"}', '"str"',
-                                   '{"no": "type"}', '{"type": "response.steer", "input": "x"}'])
+@pytest.mark.parametrize(
+    "frame",
+    [
+        "{not json",
+        "[1, 2]",
+        '{"type": "response.cancel"}',
+        '"str"',
+        '{"no": "type"}',
+        '{"type": "response.steer", "input": "x"}',
+    ],
+)
 def test_bad_client_frames_get_an_error_and_the_connection_stays_usable(emu, connect, frame):
     client = connect()
     client.send(frame)
@@ -76,7 +90,10 @@ def test_bad_client_frames_get_an_error_and_the_connection_stays_usable(emu, con
 
 
 def test_auth_accepts_both_header_forms_and_refuses_others(emu, connect):
-    assert final(connect(header=[f"Authorization: Bearer {KEY}"]).run(input="x"))["status"] == "completed"
+    assert (
+        final(connect(header=[f"Authorization: Bearer {KEY}"]).run(input="x"))["status"]
+        == "completed"
+    )
     assert final(connect(header=[f"api-key: {KEY}"]).run(input="x"))["status"] == "completed"
     for header in ([], ["Authorization: Bearer sk-wrong"], ["api-key: nope"]):
         with pytest.raises(websocket.WebSocketBadStatusException) as info:
@@ -84,29 +101,44 @@ def test_auth_accepts_both_header_forms_and_refuses_others(emu, connect):
         assert info.value.status_code == 401
         body = json.loads(info.value.resp_body)
         assert body["error"]["code"] == "invalid_api_key"
-        assert "sk-wrong" not in info.value.resp_body.decode() if isinstance(
-            info.value.resp_body, bytes) else True
-    reply = requests.post(emu.base_url + "/responses", json={"model": "m", "input": "x"},
-                          headers={"Authorization": "Bearer sk-wrong"}, timeout=5)
+        assert (
+            "sk-wrong" not in info.value.resp_body.decode()
+            if isinstance(info.value.resp_body, bytes)
+            else True
+        )
+    reply = requests.post(
+        emu.base_url + "/responses",
+        json={"model": "m", "input": "x"},
+        headers={"Authorization": "Bearer sk-wrong"},
+        timeout=5,
+    )
     assert reply.status_code == 401 and "sk-wrong" not in reply.text
     assert emu.stats()["refused_upgrades"] == 3
 
 
 def test_garbage_never_kills_the_server(emu, connect):
-    import socket
-
-    for junk in (b"GET /v1/responses HTTP/1.1\r\nUpgrade: websocket\r\n\r\n", b"\x16\x03\x01garbage",
-                 b"POST /v1/responses HTTP/1.1\r\nContent-Length: 5\r\n\r\n{{{{{"):
+    for junk in (
+        b"GET /v1/responses HTTP/1.1\r\nUpgrade: websocket\r\n\r\n",
+        b"\x16\x03\x01garbage",
+        b"POST /v1/responses HTTP/1.1\r\nContent-Length: 5\r\n\r\n{{{{{",
+    ):
         with socket.create_connection((emu.host, emu.port), timeout=5) as sock:
             sock.sendall(junk)
             sock.shutdown(socket.SHUT_WR)
             sock.recv(65536)
     client = connect()
-    for payload in ({"type": "response.create", "model": "m", "input": [{"type": "message"}, 3]},
-                    {"type": "response.create", "model": "m", "input": [{"role": "user", "content": 7}]},
-                    {"type": "response.create", "model": "m", "tools": [{"type": "function"}],
-                     "input": "x", "tool_choice": "required"},
-                    {"type": "response.create", "model": "m", "metadata": {"emulator_deltas": "-1"}}):
+    for payload in (
+        {"type": "response.create", "model": "m", "input": [{"type": "message"}, 3]},
+        {"type": "response.create", "model": "m", "input": [{"role": "user", "content": 7}]},
+        {
+            "type": "response.create",
+            "model": "m",
+            "tools": [{"type": "function"}],
+            "input": "x",
+            "tool_choice": "required",
+        },
+        {"type": "response.create", "model": "m", "metadata": {"emulator_deltas": "-1"}},
+    ):
         client.send(payload)
         assert client.until_terminal()[-1]["type"] in {"error", "response.completed"}
     assert final(client.run(input="fine"))["status"] == "completed"

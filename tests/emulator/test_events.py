@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pydantic
 import pytest
 from openai.types.responses import Response, ResponseStreamEvent
@@ -49,8 +51,13 @@ def test_sequence_numbers_restart_for_each_response(connect):
 
 
 def test_events_and_responses_parse_as_the_official_sdk_types(connect):
-    tools = [{"type": "function", "name": "lookup",
-              "parameters": {"type": "object", "properties": {"q": {"type": "string"}}}}]
+    tools = [
+        {
+            "type": "function",
+            "name": "lookup",
+            "parameters": {"type": "object", "properties": {"q": {"type": "string"}}},
+        }
+    ]
     events = connect().run(input="please lookup this", tools=tools)
     events += connect().run(input="hi", max_output_tokens=2)
     adapter = pydantic.TypeAdapter(ResponseStreamEvent)
@@ -68,19 +75,26 @@ def test_text_is_the_documented_deterministic_function(connect):
 
 @pytest.mark.parametrize("how", ["metadata", "model"])
 def test_per_request_delta_count(connect, how):
-    fields = {"metadata": {"emulator_deltas": "3"}} if how == "metadata" else {
-        "model": "gpt-test@deltas=3"}
+    fields = (
+        {"metadata": {"emulator_deltas": "3"}}
+        if how == "metadata"
+        else {"model": "gpt-test@deltas=3"}
+    )
     events = connect().run(input="x", **fields)
     assert sum(e["type"] == "response.output_text.delta" for e in events) == 3
     assert final(events)["usage"]["output_tokens"] == 3
 
 
 def test_delta_delay_and_first_event_delay_pace_the_response(connect):
-    import time
-
     start = time.monotonic()
-    connect().run(input="x", metadata={"emulator_deltas": "4", "emulator_delta_delay_ms": "50",
-                                        "emulator_first_event_delay_ms": "100"})
+    connect().run(
+        input="x",
+        metadata={
+            "emulator_deltas": "4",
+            "emulator_delta_delay_ms": "50",
+            "emulator_first_event_delay_ms": "100",
+        },
+    )
     assert time.monotonic() - start >= 0.3
 
 

@@ -60,7 +60,7 @@ def test_pings_keep_an_idle_connection_open(oaiws_emulator_factory):
 def test_server_pings_are_counted_with_their_pongs(oaiws_emulator_factory):
     emu = oaiws_emulator_factory(ping_interval=0.1)
     client = Client(emu.websocket_url)
-    opcode, data = client.ws.recv_data(control_frame=True)  # websocket-client answers with a pong
+    opcode, _ = client.ws.recv_data(control_frame=True)  # websocket-client answers with a pong
     assert opcode == websocket.ABNF.OPCODE_PING
     wait_for(lambda: emu.stats()["pongs_received"] >= 1, what="the pong")
     assert emu.stats()["pings_sent"] >= 1

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from .conftest import final, text_of
+from .conftest import Client, final, text_of
 
 
 def test_warm_up_returns_a_chainable_id_without_output(emu, connect):
@@ -63,24 +63,37 @@ def test_cached_hydrated_and_replayed_continuations_produce_the_same_text(emu, c
     for user, response in zip(["one", "two"], responses[:2]):
         history.append({"role": "user", "content": user})
         history.extend(response["output"])
-    replay = connect().run(input=[*history, {"role": "user", "content": "three"}], instructions="sys")
+    replay = connect().run(
+        input=[*history, {"role": "user", "content": "three"}], instructions="sys"
+    )
     assert text_of(replay) == texts[2]
     # ... even with ids and statuses stripped, and content given as typed parts.
     stripped = [{k: v for k, v in item.items() if k not in ("id", "status")} for item in history]
-    replay2 = connect().run(input=[*stripped, {"role": "user", "content": [
-        {"type": "input_text", "text": "three"}]}], instructions="sys")
+    replay2 = connect().run(
+        input=[*stripped, {"role": "user", "content": [{"type": "input_text", "text": "three"}]}],
+        instructions="sys",
+    )
     assert text_of(replay2) == texts[2]
     assert len({texts[0], texts[1], texts[2]}) == 3
 
 
 def test_tool_loop_replay_matches_the_cached_continuation(connect):
-    tool = {"type": "function", "name": "lookup", "parameters": {"type": "object", "properties": {}}}
+    tool = {
+        "type": "function",
+        "name": "lookup",
+        "parameters": {"type": "object", "properties": {}},
+    }
     client = connect()
     call = final(client.run(input="please lookup", tools=[tool]))
-    output = {"type": "function_call_output", "call_id": call["output"][0]["call_id"], "output": "42"}
+    output = {
+        "type": "function_call_output",
+        "call_id": call["output"][0]["call_id"],
+        "output": "42",
+    }
     cached = client.run(previous_response_id=call["id"], input=[output], tools=[tool])
-    replay = connect().run(input=[{"role": "user", "content": "please lookup"}, *call["output"], output],
-                           tools=[tool])
+    replay = connect().run(
+        input=[{"role": "user", "content": "please lookup"}, *call["output"], output], tools=[tool]
+    )
     assert text_of(cached) == text_of(replay)
     assert "42" in text_of(cached)
 
@@ -88,7 +101,10 @@ def test_tool_loop_replay_matches_the_cached_continuation(connect):
 def test_store_false_cannot_be_hydrated(emu, connect):
     client = connect()
     response = final(client.run(input="secret", store=False))
-    assert final(client.run(previous_response_id=response["id"], input="next"))["status"] == "completed"
+    assert (
+        final(client.run(previous_response_id=response["id"], input="next"))["status"]
+        == "completed"
+    )
     error = connect().run(previous_response_id=response["id"], input="next")[-1]
     assert error["type"] == "error" and error["status"] == 400
     assert error["error"] == {
@@ -114,8 +130,9 @@ def test_the_cache_dies_with_the_connection(emu, connect):
 def test_a_failed_continuation_evicts_the_id_from_the_cache(emu, connect):
     client = connect()
     first = final(client.run(input="x", store=False))
-    failed = client.run(previous_response_id=first["id"], input="y",
-                        metadata={"emulator_outcome": "failed"})
+    failed = client.run(
+        previous_response_id=first["id"], input="y", metadata={"emulator_outcome": "failed"}
+    )
     assert failed[-1]["type"] == "response.failed"
     error = client.run(previous_response_id=first["id"], input="y")[-1]
     assert error["error"]["code"] == "previous_response_not_found"
@@ -123,8 +140,6 @@ def test_a_failed_continuation_evicts_the_id_from_the_cache(emu, connect):
 
 def test_hydration_delay_and_input_cost(oaiws_emulator_factory, connect):
     emu = oaiws_emulator_factory(hydration_delay=0.2, input_cost_per_kb=0.05)
-    from .conftest import Client
-
     client = Client(emu.websocket_url)
     try:
         big = "word " * 800  # about 4 KB of context
