@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 from typing import Optional
 
+from . import _demo
 from ._version import __version__
 
 
@@ -24,8 +25,6 @@ def build_parser() -> argparse.ArgumentParser:
     from .testing import _cli as emulator_cli
 
     emulator_cli.register(commands)
-    from . import _demo
-
     _demo.register(commands)
     return parser
 
