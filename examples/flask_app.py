@@ -19,7 +19,7 @@ import atexit
 import os
 from collections.abc import Iterator
 
-from flask import Flask, Response, jsonify, request, stream_with_context
+from flask import Flask, Response, jsonify, request
 
 import oaiws
 
@@ -55,7 +55,8 @@ def ask() -> Response:
                 # The status line is already sent: say so in the body, where a reader sees it.
                 yield f"\n[error: {type(error).__name__}]\n"
 
-    return Response(stream_with_context(text()), mimetype="text/plain; charset=utf-8")
+    # The generator needs nothing from the request context: everything it uses is bound here.
+    return Response(text(), mimetype="text/plain; charset=utf-8")
 
 
 @app.get("/stats")

@@ -30,13 +30,30 @@ def test_view_streams_the_text(monkeypatch: pytest.MonkeyPatch, oaiws_emulator: 
     example = _load(monkeypatch, oaiws_emulator)
     try:
         web = example.app.test_client()
-        first = web.post("/ask", json={"prompt": "Hello"})
-        second = web.post("/ask", json={"prompt": "Again"})
-        assert first.status_code == 200 and second.status_code == 200
-        assert first.get_data(as_text=True) and second.get_data(as_text=True)
+        for prompt in ("Hello", "Again"):
+            answer = web.post("/ask", json={"prompt": prompt})
+            assert answer.status_code == 200
+            assert answer.mimetype == "text/plain"
+            assert len(answer.get_data(as_text=True).split()) >= 3
         assert oaiws_emulator.stats()["handshakes"] == 1  # the module-level pool was reused
         assert web.get("/stats").status_code == 200
         bad = web.post("/ask", json={})
         assert bad.status_code == 400 and "input" in bad.get_json()["error"]
+    finally:
+        example.client.close()
+
+
+def test_a_reader_leaving_early_closes_the_connection(
+    monkeypatch: pytest.MonkeyPatch, oaiws_emulator: Any
+) -> None:
+    example = _load(monkeypatch, oaiws_emulator)
+    try:
+        web = example.app.test_client()
+        answer = web.post("/ask", json={"prompt": "Hello"}, buffered=False)
+        chunks = iter(answer.response)
+        assert next(chunks)
+        answer.close()  # what the server does when the browser goes away
+        stats = example.client.pool_stats()
+        assert stats["connections_discarded"] == 1 and stats["connections_open"] == 0
     finally:
         example.client.close()

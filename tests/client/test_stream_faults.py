@@ -215,3 +215,23 @@ def test_total_timeout_bounds_a_slow_stream(oaiws_emulator: Any, client_for: Any
     assert time.monotonic() - started < 1.5
     # The requests were not retried past their deadline.
     assert oaiws_emulator.stats()["requests"] == 2
+
+
+def test_pool_wait_is_bounded_and_not_retried(oaiws_emulator: Any, client_for: Any) -> None:
+    client = client_for(oaiws_emulator, max_connections=1, pool_timeout=0.2)
+    with client.generate_response(model="gpt-5.5", input="x") as holder:
+        next(holder)  # the only connection is now checked out
+        started = time.monotonic()
+        with pytest.raises(oaiws.PoolTimeoutError):
+            client.create_response(model="gpt-5.5", input="y")
+        assert 0.15 <= time.monotonic() - started < 1.0
+    assert _retries(client) == 0
+
+
+def test_a_hung_handshake_times_out(oaiws_emulator: Any, client_for: Any) -> None:
+    client = client_for(oaiws_emulator, connect_timeout=0.3, max_retries=0)
+    oaiws_emulator.inject(Fault(handshake_delay=1.0), on="connection")
+    started = time.monotonic()
+    with pytest.raises(oaiws.APITimeoutError):
+        client.create_response(model="gpt-5.5", input="x")
+    assert time.monotonic() - started < 0.9  # before the server would have answered
