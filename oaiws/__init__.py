@@ -14,6 +14,7 @@ from .errors import (
     APITimeoutError,
     AuthenticationError,
     BadRequestError,
+    ClientClosedError,
     ConfigurationError,
     ConflictError,
     ConnectionLimitReachedError,
@@ -26,6 +27,7 @@ from .errors import (
     ProtocolError,
     RateLimitError,
     StreamInterruptedError,
+    StreamTimeoutError,
     UnprocessableEntityError,
 )
 
@@ -37,6 +39,7 @@ __all__ = [
     "AuthenticationError",
     "BadRequestError",
     "Client",
+    "ClientClosedError",
     "ConfigurationError",
     "ConflictError",
     "ConnectionLimitReachedError",
@@ -52,6 +55,7 @@ __all__ = [
     "Response",
     "ResponseStream",
     "StreamInterruptedError",
+    "StreamTimeoutError",
     "UnprocessableEntityError",
     "__version__",
     "errors",

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Optional, Union
 from ._config import ClientConfig, display_url
 from ._pool import Pool
 from ._stream import ResponseStream, build_payload, collect_response
-from .errors import ConfigurationError
+from .errors import ClientClosedError, ConfigurationError
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -118,7 +118,7 @@ class Client:
         self, fields: Mapping[str, Any], timeout: Optional[float]
     ) -> tuple[dict[str, Any], Optional[float]]:
         if self._closed:
-            raise ConfigurationError("this Client is closed: create a new one")
+            raise ClientClosedError("this client is closed: create a new oaiws.Client")
         payload = build_payload(fields)
         if timeout is not None and (
             isinstance(timeout, bool)

@@ -38,7 +38,7 @@ from typing import Any, Callable, Optional
 
 from ._config import ClientConfig
 from ._connection import Connection
-from .errors import ConfigurationError, OAIWSError, PoolTimeoutError
+from .errors import ClientClosedError, OAIWSError, PoolTimeoutError
 
 __all__ = ["ConnectFn", "Pool"]
 
@@ -156,7 +156,7 @@ class Pool:
         """Check a connection out, waiting up to ``timeout`` (default ``pool_timeout``).
 
         Raises ``PoolTimeoutError`` when none became free in time, the handshake's own
-        exception when a new connection could not be opened, and ``ConfigurationError``
+        exception when a new connection could not be opened, and ``ClientClosedError``
         once the pool is closed.
         """
         self._check_fork()
@@ -605,7 +605,7 @@ class Pool:
     def close(self) -> None:
         """Close idle connections now and in-use ones when they come back; wake every waiter.
 
-        Idempotent. Later ``acquire`` calls raise ``ConfigurationError``.
+        Idempotent. Later ``acquire`` calls raise ``ClientClosedError``.
         """
         with self._lock:
             if self._closed:
@@ -650,8 +650,8 @@ class Pool:
         _live_pools.add(self)
 
 
-def _closed_error() -> ConfigurationError:
-    return ConfigurationError("this client is closed: create a new oaiws.Client")
+def _closed_error() -> ClientClosedError:
+    return ClientClosedError("this client is closed: create a new oaiws.Client")
 
 
 def _maintenance_main(pool_ref: weakref.ReferenceType[Pool], stop: threading.Event) -> None:

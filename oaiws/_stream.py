@@ -26,9 +26,9 @@ from .errors import (
     APITimeoutError,
     ConfigurationError,
     ConnectionLimitReachedError,
-    PreviousResponseNotFoundError,
     ProtocolError,
     StreamInterruptedError,
+    StreamTimeoutError,
     error_from_event,
 )
 
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from ._connection import Connection
     from ._pool import Pool
 
-__all__ = ["ResponseStream", "StreamTimeoutError", "build_payload", "collect_response"]
+__all__ = ["ResponseStream", "build_payload", "collect_response"]
 
 log = logging.getLogger("oaiws")
 
@@ -65,20 +65,7 @@ _STR_FIELDS = (
 _BOOL_FIELDS = ("store", "parallel_tool_calls", "generate")
 _LIST_FIELDS = ("tools", "include", "context_management")
 _MAPPING_FIELDS = ("metadata", "reasoning", "text")
-_RECOVER_PREVIOUS = (
-    "To recover, send the full input again without previous_response_id (this "
-    "connection's cache no longer holds that response, and store=false responses cannot be "
-    "loaded from storage), or use a Conversation, which replays it for you."
-)
 _STREAM_ID = re.compile(r"[A-Za-z0-9_.-]{1,256}")
-
-
-class StreamTimeoutError(StreamInterruptedError, APITimeoutError):
-    """A deadline passed after events had reached the caller.
-
-    Both a ``StreamInterruptedError`` (``events`` and ``partial_response`` hold what arrived)
-    and an ``APITimeoutError``, so either ``except`` clause catches it.
-    """
 
 
 def build_payload(fields: Mapping[str, Any]) -> dict[str, Any]:
@@ -305,9 +292,6 @@ class _Request:
         if data["type"] != "error":
             return
         error = error_from_event(data, response_id=self._response_id())
-        if isinstance(error, PreviousResponseNotFoundError):
-            error.message = f"{error.message} {_RECOVER_PREVIOUS}"
-            error.args = (error.message,)
         if isinstance(error, APIStatusError) and (error.status_code or 500) < 500:
             # A request-scoped error ends the request; the connection itself is sound.
             self._return_connection(self.conn.last_response_id if self.conn else None)

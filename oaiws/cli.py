@@ -10,6 +10,7 @@ from typing import Optional
 
 from . import _demo
 from ._version import __version__
+from .testing import _cli as emulator_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,8 +22,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log oaiws at DEBUG to stderr")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
-
-    from .testing import _cli as emulator_cli
 
     emulator_cli.register(commands)
     _demo.register(commands)

@@ -7,11 +7,13 @@ Hierarchy::
 
     OAIWSError
     ├── ConfigurationError                 bad options or arguments, raised before any I/O
+    ├── ClientClosedError                  the Client was closed; create a new one
     └── APIError
         ├── APIConnectionError             the network failed (refused, reset, closed)
         │   ├── APITimeoutError            a deadline passed (handshake, silence, total)
         │   ├── PoolTimeoutError           no connection became free within pool_timeout
         │   ├── StreamInterruptedError     the connection broke after events reached the caller
+        │   │   └── StreamTimeoutError     ... because a deadline passed (also an APITimeoutError)
         │   └── ConnectionLimitReachedError  the server retired the connection (max age)
         ├── ProtocolError                  the server sent something that is not the protocol
         └── APIStatusError                 the server answered with an error status or event
@@ -44,6 +46,7 @@ __all__ = [
     "APITimeoutError",
     "AuthenticationError",
     "BadRequestError",
+    "ClientClosedError",
     "ConfigurationError",
     "ConflictError",
     "ConnectionLimitReachedError",
@@ -56,13 +59,16 @@ __all__ = [
     "ProtocolError",
     "RateLimitError",
     "StreamInterruptedError",
+    "StreamTimeoutError",
     "UnprocessableEntityError",
     "error_from_event",
     "error_from_handshake",
 ]
 
 # Header names whose values must never be shown, whatever the server sent back.
-_SECRET_HEADERS = frozenset({"authorization", "api-key", "cookie", "set-cookie", "proxy-authorization"})
+_SECRET_HEADERS = frozenset(
+    {"authorization", "api-key", "cookie", "set-cookie", "proxy-authorization"}
+)
 
 
 class OAIWSError(Exception):
@@ -71,6 +77,10 @@ class OAIWSError(Exception):
 
 class ConfigurationError(OAIWSError, ValueError):
     """An option or argument is invalid. Raised before anything is sent."""
+
+
+class ClientClosedError(OAIWSError, RuntimeError):
+    """The ``Client`` (and its pool) was closed; create a new ``oaiws.Client``."""
 
 
 class APIError(OAIWSError):
@@ -156,6 +166,14 @@ class StreamInterruptedError(APIConnectionError):
         self.partial_response = partial_response
 
 
+class StreamTimeoutError(StreamInterruptedError, APITimeoutError):
+    """A deadline passed after events had reached the caller.
+
+    Both a ``StreamInterruptedError`` (``events`` and ``partial_response`` hold what arrived)
+    and an ``APITimeoutError``, so either ``except`` clause catches it.
+    """
+
+
 class ProtocolError(APIError):
     """The server sent a frame that is not part of the protocol (not JSON, binary, no type)."""
 
@@ -184,7 +202,7 @@ class APIStatusError(APIError):
         *,
         status_code: Optional[int] = None,
         code: Optional[str] = None,
-        type: Optional[str] = None,  # noqa: A002 - mirrors the wire field name
+        type: Optional[str] = None,  # mirrors the wire field name
         param: Optional[str] = None,
         body: Any = None,
         headers: Optional[Mapping[str, str]] = None,
@@ -203,7 +221,12 @@ class APIStatusError(APIError):
             self.request_id = self.headers.get("x-request-id")
 
     def _context(self) -> list[tuple[str, Any]]:
-        return [("status", self.status_code), ("code", self.code), ("param", self.param), *super()._context()]
+        return [
+            ("status", self.status_code),
+            ("code", self.code),
+            ("param", self.param),
+            *super()._context(),
+        ]
 
 
 class BadRequestError(APIStatusError):
@@ -246,6 +269,12 @@ class RateLimitError(APIStatusError):
 class InternalServerError(APIStatusError):
     """5xx: the server failed. Retried with backoff before any output was yielded."""
 
+
+RECOVER_PREVIOUS_RESPONSE = (
+    "To recover, send the full input again without previous_response_id (this connection's "
+    "cache no longer holds that response, and store=false responses cannot be loaded from "
+    "storage), or use client.conversation(...), which replays it for you."
+)
 
 _BY_STATUS: dict[int, type[APIStatusError]] = {
     400: BadRequestError,
@@ -324,8 +353,10 @@ def error_from_handshake(
     )
 
 
-def error_from_event(event: Mapping[str, Any], *, response_id: Optional[str] = None) -> APIError:
-    """Build the exception for an ``error`` event, in the nested WebSocket shape or the flat SSE one.
+def error_from_event(
+    event: Mapping[str, Any], *, response_id: Optional[str] = None
+) -> APIError:
+    """Build the exception for an ``error`` event, nested (WebSocket) or flat (SSE) shape.
 
     ``{"type": "error", "status": 429, "error": {"code", "message", "param", "type", "headers"}}``
     or ``{"type": "error", "code", "message", "param"}``.
@@ -339,12 +370,14 @@ def error_from_event(event: Mapping[str, Any], *, response_id: Optional[str] = N
     if status_code is None and code is not None:
         status_code = _STATUS_BY_CODE.get(code)
     raw_headers = fields.get("headers")
-    headers = (
-        {str(k): str(v) for k, v in raw_headers.items()} if isinstance(raw_headers, Mapping) else None
-    )
+    headers = None
+    if isinstance(raw_headers, Mapping):
+        headers = {str(k): str(v) for k, v in raw_headers.items()}
     if code == ConnectionLimitReachedError.code:
         return ConnectionLimitReachedError(message, response_id=response_id)
     cls = _status_class(status_code, code)
+    if cls is PreviousResponseNotFoundError:
+        message = f"{message} {RECOVER_PREVIOUS_RESPONSE}"
     return cls(
         message,
         status_code=status_code,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import hmac
 import json
 import logging
@@ -64,10 +65,15 @@ def abort_all(app: web.Application) -> None:
 # -- plumbing ------------------------------------------------------------------------------
 
 
+# Each request's handler runs in its own task, so a context variable carries the id from the
+# middleware to the handler without the typed-key API that only newer aiohttp releases have.
+_REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("oaiws_request_id", default="")
+
+
 @web.middleware
 async def _request_id(request: web.Request, handler: Any) -> web.StreamResponse:
     request_id = "req_" + new_id("x")[2:34]
-    request["request_id"] = request_id
+    _REQUEST_ID.set(request_id)
     response: web.StreamResponse = await handler(request)
     if not response.prepared:
         response.headers.setdefault("x-request-id", request_id)
@@ -184,11 +190,17 @@ async def _responses_get(request: web.Request) -> web.StreamResponse:
         return _error_response(
             RequestError("Invalid WebSocket upgrade request.", code="invalid_upgrade")
         )
-    ws.headers["x-request-id"] = request["request_id"]
-    await ws.prepare(request)
+    ws.headers["x-request-id"] = _REQUEST_ID.get()
+    # Counted before the 101 goes out, so a client that has seen its upgrade succeed also
+    # sees it in stats() at once.
     ctx.stats.add("handshakes")
     ctx.stats.add("connections_total")
     ctx.stats.add("connections_open")
+    try:
+        await ws.prepare(request)
+    except BaseException:
+        ctx.stats.add("connections_open", -1)
+        raise
     model = request.query.get("model") or None
     session = WebSocketSession(ctx, request, ws, default_model=model, connection_fault=fault)
     sessions = request.app[SESSIONS_KEY]
@@ -311,7 +323,7 @@ class _SseSink(_HttpSink):
                     headers={
                         "Content-Type": "text/event-stream; charset=utf-8",
                         "Cache-Control": "no-cache",
-                        "x-request-id": self.request["request_id"],
+                        "x-request-id": _REQUEST_ID.get(),
                     }
                 )
                 await self.response.prepare(self.request)

@@ -129,7 +129,7 @@ def test_closed_client_refuses_requests(oaiws_emulator: Any) -> None:
     client.close()
     client.close()  # idempotent
     assert client.closed and "closed" in repr(client)
-    with pytest.raises(oaiws.ConfigurationError, match="closed"):
+    with pytest.raises(oaiws.ClientClosedError, match="closed"):
         client.generate_response(model="gpt-5.5", input="x")
 
 

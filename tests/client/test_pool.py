@@ -14,7 +14,7 @@ from typing import Any, Callable, Optional
 
 import pytest
 
-from oaiws import APIConnectionError, ConfigurationError, PoolTimeoutError
+from oaiws import APIConnectionError, ClientClosedError, PoolTimeoutError
 from oaiws._config import ClientConfig
 from oaiws._pool import Pool
 
@@ -409,7 +409,7 @@ def test_close_wakes_waiters_closes_idle_and_in_use_on_return(net: FakeNet) -> N
     def wait() -> None:
         try:
             pool.acquire(5)
-        except ConfigurationError as exc:
+        except ClientClosedError as exc:
             errors.append(exc)
 
     thread = threading.Thread(target=wait)
@@ -422,7 +422,7 @@ def test_close_wakes_waiters_closes_idle_and_in_use_on_return(net: FakeNet) -> N
     pool.release(busy)
     pool.release(idle)
     assert busy.closed and idle.closed
-    with pytest.raises(ConfigurationError, match="closed"):
+    with pytest.raises(ClientClosedError, match="closed"):
         pool.acquire(1)
     assert pool.stats()["connections_open"] == 0
     pool.close()  # idempotent

@@ -101,7 +101,7 @@ def test_previous_response_not_found_says_how_to_recover(
     error = caught.value
     assert error.status_code == 400
     assert error.param == "previous_response_id"
-    assert "full input" in str(error) and "Conversation" in str(error)
+    assert "full input" in str(error) and "conversation" in str(error)
 
 
 def test_stale_pooled_connection_is_replaced_without_spending_a_retry(
