@@ -12,6 +12,14 @@ Rules, each of them tested:
 - **Affinity.** ``acquire(affinity=X)`` prefers the idle connection whose server-side cache
   holds response ``X``; it only chooses among idle connections and never lets a caller
   overtake a waiter. When that connection is busy or gone, the normal rule applies.
+- **Holds, bounded by ``affinity_wait``.** A server caches one response per connection, so a
+  connection that serves anyone else loses the chain it held. ``release(conn, hold=True)``
+  (a ``Conversation``'s turn) keeps the connection for the continuation of its response for
+  at most ``affinity_wait`` seconds: only ``acquire(affinity=<that response>)`` may take it,
+  even past waiters, since it was kept for that very request. Holds never cost another
+  caller more than ``affinity_wait``: no hold is granted while the oldest waiter has waited
+  that long, and a waiter that has waited that long (or a hold that ran out) takes a held
+  connection, oldest waiter first. ``release_hold(X)`` ends a hold early.
 - **No I/O under the lock.** Handshakes, closes and pings happen outside it.
 - **Rotation.** A connection retires ahead of ``max_connection_age`` by a margin (clamped to
   a quarter of the age) and a downward-only random jitter, so a fleet opened together does
@@ -72,15 +80,23 @@ _COUNTERS = (
     "retries",
     "affinity_hits",
     "affinity_misses",
+    "affinity_holds",
+    "affinity_holds_preempted",
+    "replays",
 )
+
+# How long a connection released with hold=True is kept for its continuation (seconds).
+DEFAULT_AFFINITY_WAIT = 1.0
 
 
 class _Waiter:
     """One caller waiting for a connection; whoever frees one fills exactly one field."""
 
-    __slots__ = ("closed", "conn", "event", "slot")
+    __slots__ = ("affinity", "closed", "conn", "event", "since", "slot")
 
-    def __init__(self) -> None:
+    def __init__(self, affinity: Optional[str], since: float) -> None:
+        self.affinity = affinity
+        self.since = since  # time.monotonic() when it joined the line
         self.event = threading.Event()
         self.conn: Optional[Connection] = None
         self.slot = False  # a free slot: the waiter opens a connection in it
@@ -94,11 +110,14 @@ class _Waiter:
 class _Entry:
     """The pool's bookkeeping of one open connection."""
 
-    __slots__ = ("idle_since", "retire_at")
+    __slots__ = ("held_until", "idle_since", "retire_at")
 
     def __init__(self, retire_at: float, idle_since: float) -> None:
         self.retire_at = retire_at
         self.idle_since = idle_since
+        # Non-zero while the connection is kept for the continuation of its last response:
+        # time.monotonic() at which the hold runs out (real time, like every wait).
+        self.held_until = 0.0
 
 
 class Pool:
@@ -108,6 +127,7 @@ class Pool:
     measures ages and idle times (``time.monotonic``; tests may inject a fake one). Waiting
     for a connection always uses real time. ``background=False`` runs no maintenance thread:
     the owner calls ``run_maintenance()`` itself (tests drive the pool step by step).
+    ``affinity_wait`` bounds holds (see the module's rules); ``0`` disables them.
     """
 
     def __init__(
@@ -118,8 +138,10 @@ class Pool:
         clock: Callable[[], float] = time.monotonic,
         rng: Optional[random.Random] = None,
         background: bool = True,
+        affinity_wait: float = DEFAULT_AFFINITY_WAIT,
     ) -> None:
         self._config = config
+        self._affinity_wait = affinity_wait
         self._background = background
         self._connect = connect
         self._clock = clock
@@ -203,14 +225,16 @@ class Pool:
         with self._lock:
             if self._closed:
                 raise _closed_error()
-            if not self._waiters:
-                conn = self._take_idle_locked(affinity)
-                if conn is not None:
-                    return conn, False
+            now = time.monotonic()
+            # A connection held for this very continuation is taken even past waiters: the
+            # hold already kept it from them, within the affinity_wait bound.
+            conn = self._take_idle_locked(affinity, now, held_only=bool(self._waiters))
+            if conn is not None:
+                return conn, False
             # Connections under idle care come back within microseconds: wait for them
             # rather than paying a handshake. A newcomer never overtakes a waiter.
             if self._waiters or self._caring or self._total >= self._config.max_connections:
-                waiter = _Waiter()
+                waiter = _Waiter(affinity, now)
                 self._waiters.append(waiter)
             else:
                 self._total += 1
@@ -220,9 +244,22 @@ class Pool:
         return self._wait(waiter, timeout)
 
     def _wait(self, waiter: _Waiter, timeout: float) -> tuple[Connection, bool]:
-        started = time.monotonic()
+        started = waiter.since
+        deadline = started + timeout
         try:
-            waiter.event.wait(timeout)
+            while True:
+                with self._lock:
+                    wake_at = self._next_wake_locked(waiter, deadline, time.monotonic())
+                if waiter.event.wait(max(0.0, wake_at - time.monotonic())):
+                    break
+                # Woken by the clock: a hold may have run out, or this line may have waited
+                # affinity_wait; either way held connections go to the oldest waiters now.
+                with self._lock:
+                    now = time.monotonic()
+                    if not waiter.granted:
+                        self._preempt_holds_locked(now)
+                    if waiter.granted or now >= deadline:
+                        break
         except BaseException:
             # Interrupted (KeyboardInterrupt): leave the line, giving back any grant.
             with self._lock:
@@ -230,7 +267,7 @@ class Pool:
                     self._waiters.remove(waiter)
                 elif waiter.conn is not None:
                     self._in_use.discard(waiter.conn)
-                    self._put_locked(waiter.conn)
+                    self._put_locked(waiter.conn, time.monotonic())
                 elif waiter.slot:
                     self._opening -= 1
                     self._free_slot_locked()
@@ -255,19 +292,63 @@ class Pool:
             return waiter.conn, False
         return self._open_in_reserved_slot(), True
 
-    def _take_idle_locked(self, affinity: Optional[str]) -> Optional[Connection]:
-        if not self._idle:
-            return None
+    def _next_wake_locked(self, waiter: _Waiter, deadline: float, now: float) -> float:
+        """When a waiter must look at the holds again, if nobody hands it anything before."""
+        wake_at = deadline
+        overdue_at = waiter.since + self._affinity_wait
+        if self._affinity_wait > 0 and overdue_at > now:
+            wake_at = min(wake_at, overdue_at)
+        for conn in self._idle:
+            held_until = self._entries[conn].held_until
+            if held_until > now:
+                wake_at = min(wake_at, held_until)
+            elif held_until:
+                return now  # a hold already ran out: hand it over at once
+        return wake_at
+
+    def _preempt_holds_locked(self, now: float) -> None:
+        """Give held idle connections to waiters once their hold ran out or once the oldest
+        waiter has waited ``affinity_wait``: holds never cost a waiter more than that."""
+        while self._waiters:
+            overdue = now - self._waiters[0].since >= self._affinity_wait
+            chosen: Optional[Connection] = None
+            for conn in self._idle:
+                held_until = self._entries[conn].held_until
+                if not held_until or (held_until > now and not overdue):
+                    continue
+                if chosen is None or held_until < self._entries[chosen].held_until:
+                    chosen = conn  # the hold that runs out first is the least likely to be used
+            if chosen is None:
+                return
+            entry = self._entries[chosen]
+            if entry.held_until > now:
+                self._counters["affinity_holds_preempted"] += 1
+            entry.held_until = 0.0
+            self._idle.remove(chosen)
+            self._put_locked(chosen, now)
+
+    def _take_idle_locked(
+        self, affinity: Optional[str], now: float, *, held_only: bool = False
+    ) -> Optional[Connection]:
+        """The idle connection holding ``affinity``, else the most recently used one that is
+        not held for someone else. ``held_only``: only one held for ``affinity`` will do."""
         chosen: Optional[Connection] = None
         if affinity is not None:
             for candidate in reversed(self._idle):
                 if candidate.last_response_id == affinity:
+                    if not held_only or self._entries[candidate].held_until > now:
+                        chosen = candidate
+                    break
+        if chosen is None and not held_only:
+            for candidate in reversed(self._idle):
+                held_until = self._entries[candidate].held_until
+                if held_until <= now:
                     chosen = candidate
                     break
         if chosen is None:
-            chosen = self._idle.pop()
-        else:
-            self._idle.remove(chosen)
+            return None
+        self._idle.remove(chosen)
+        self._entries[chosen].held_until = 0.0
         self._in_use.add(chosen)
         return chosen
 
@@ -293,7 +374,7 @@ class Pool:
             if entry is None:
                 # Not ours any more (a fork reset the pool): take a slot like a newcomer.
                 self._total += 1
-            replacement = self._take_idle_locked(None)
+            replacement = self._take_idle_locked(None, time.monotonic())
             if replacement is None:
                 self._opening += 1  # the slot stays ours, now for a handshake
             else:
@@ -333,8 +414,12 @@ class Pool:
 
     # -- checkin ---------------------------------------------------------------------
 
-    def release(self, conn: Connection) -> None:
-        """Take back a connection whose response was read to its terminal event."""
+    def release(self, conn: Connection, hold: bool = False) -> None:
+        """Take back a connection whose response was read to its terminal event.
+
+        ``hold``: keep it for the continuation of ``conn.last_response_id`` (a conversation's
+        next turn) for at most ``affinity_wait`` seconds; see the module's rules.
+        """
         self._check_fork()
         reason: Optional[str] = None
         with self._lock:
@@ -351,7 +436,11 @@ class Pool:
                     reason = "expired"
                 else:
                     entry.idle_since = self._clock()
-                    self._put_locked(conn)
+                    now = time.monotonic()
+                    if hold and self._affinity_wait > 0 and conn.last_response_id is not None:
+                        entry.held_until = now + self._affinity_wait
+                        self._counters["affinity_holds"] += 1
+                    self._put_locked(conn, now)
                 if reason is not None:
                     self._forget_locked(conn, reason)
         if reason == "ours":
@@ -384,19 +473,56 @@ class Pool:
         elif not ours:
             conn.abandon()  # see release(): never the pool's, or inherited across a fork
 
+    def release_hold(self, response_id: str) -> None:
+        """End the hold kept for the continuation of ``response_id`` (its conversation ended):
+        the connection goes to the oldest waiter, or stays idle for anyone."""
+        with self._lock:
+            for conn in self._idle:
+                if conn.last_response_id == response_id and self._entries[conn].held_until:
+                    self._entries[conn].held_until = 0.0
+                    self._idle.remove(conn)
+                    self._put_locked(conn, time.monotonic())
+                    return
+
     def record_retry(self) -> None:
         """Count one retry of a request (the stream layer's)."""
         with self._lock:
             self._counters["retries"] += 1
 
-    def _put_locked(self, conn: Connection) -> None:
-        """An open, usable connection becomes available: to the oldest waiter, else idle."""
+    def record_replay(self) -> None:
+        """Count one full-context replay in place of a continuation (the stream layer's)."""
+        with self._lock:
+            self._counters["replays"] += 1
+
+    def _put_locked(self, conn: Connection, now: float) -> None:
+        """An open, usable connection becomes available: to the oldest waiter, else idle.
+
+        A held one goes to the waiter continuing from its response, else stays idle and
+        held, unless the oldest waiter has already waited ``affinity_wait``.
+        """
+        entry = self._entries[conn]
+        if entry.held_until > now:
+            for waiter in self._waiters:
+                if waiter.affinity is not None and waiter.affinity == conn.last_response_id:
+                    self._waiters.remove(waiter)
+                    self._grant_locked(waiter, conn)
+                    return
+            if not self._waiters or now - self._waiters[0].since < self._affinity_wait:
+                self._insert_idle_locked(conn)
+                return
+            self._counters["affinity_holds_preempted"] += 1
+        entry.held_until = 0.0
         if self._waiters:
-            waiter = self._waiters.popleft()
-            self._in_use.add(conn)
-            waiter.conn = conn
-            waiter.event.set()
+            self._grant_locked(self._waiters.popleft(), conn)
             return
+        self._insert_idle_locked(conn)
+
+    def _grant_locked(self, waiter: _Waiter, conn: Connection) -> None:
+        self._in_use.add(conn)
+        waiter.conn = conn
+        waiter.event.set()
+
+    def _insert_idle_locked(self, conn: Connection) -> None:
         # Keep the deque ordered by idle_since so that LIFO stays LIFO after idle care.
         since = self._entries[conn].idle_since
         index = len(self._idle)
@@ -510,7 +636,7 @@ class Pool:
                     if self._closed or not alive:
                         self._forget_locked(conn, "closed" if self._closed else "lost")
                     else:
-                        self._put_locked(conn)
+                        self._put_locked(conn, time.monotonic())
         if not alive and not forgotten:
             conn.close()
             if not self._closed:
@@ -552,7 +678,7 @@ class Pool:
                 else:
                     now = self._clock()
                     self._entries[conn] = _Entry(self._retire_at(conn), now)
-                    self._put_locked(conn)
+                    self._put_locked(conn, time.monotonic())
                     closed = False
             if closed:
                 conn.close()
@@ -583,6 +709,9 @@ class Pool:
                 "connections_in_use": len(self._in_use),
                 "connections_opening": self._opening,
                 "requests_waiting": len(self._waiters),
+                "connections_held": sum(
+                    1 for conn in self._idle if self._entries[conn].held_until > time.monotonic()
+                ),
                 "max_connections": self._config.max_connections,
                 "min_connections": self._config.min_connections,
             }

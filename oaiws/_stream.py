@@ -16,7 +16,7 @@ import logging
 import re
 import time
 from collections.abc import Generator, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, Protocol
 
 from . import _json, _retry
 from ._events import TERMINAL_EVENT_TYPES, Event, Response, ResponseAccumulator
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from ._connection import Connection
     from ._pool import Pool
 
-__all__ = ["ResponseStream", "build_payload", "collect_response"]
+__all__ = ["ResponseStream", "Turn", "build_payload", "collect_response"]
 
 log = logging.getLogger("oaiws")
 
@@ -159,6 +159,31 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _not_found(data: Any) -> bool:
+    """Whether a first frame is the ``previous_response_not_found`` error (either shape)."""
+    if not isinstance(data, dict) or data.get("type") != "error":
+        return False
+    nested = data.get("error")
+    fields = nested if isinstance(nested, dict) else data
+    return bool(fields.get("code") == "previous_response_not_found")
+
+
+class Turn(Protocol):
+    """What a conversation plugs into a stream (``conversation.py`` implements it).
+
+    ``begin`` runs at the first ``next()``, before anything is sent, and returns the
+    continuation payload and the full-context replay payload; ``finished`` gets the response
+    once its terminal event was read (before that event is yielded); ``end`` runs once the
+    stream is over, however it ended (also when ``begin`` raised).
+    """
+
+    def begin(self) -> tuple[dict[str, Any], Optional[dict[str, Any]]]: ...
+
+    def finished(self, response: Response) -> None: ...
+
+    def end(self) -> None: ...
+
+
 class _Request:
     """The state of one request; the event generator's only reference."""
 
@@ -168,11 +193,14 @@ class _Request:
         "conn",
         "deadline",
         "events",
+        "hold",
         "payload",
         "pool",
+        "replay",
         "response",
         "retry_start",
         "timeout",
+        "turn",
     )
 
     def __init__(
@@ -184,10 +212,18 @@ class _Request:
         *,
         retry_start: bool = True,
         deadline: Optional[float] = None,
+        replay: Optional[dict[str, Any]] = None,
+        hold: bool = False,
+        turn: Optional[Turn] = None,
     ) -> None:
         self.pool = pool
         self.config = config
         self.payload = payload
+        # The same request with the whole transcript as input and no previous_response_id:
+        # sent instead of the continuation when the chain cannot be continued (a conversation).
+        self.replay = replay
+        self.hold = hold  # keep the connection for the next turn when the response is done
+        self.turn = turn
         self.timeout = timeout
         self.deadline = deadline
         self.retry_start = retry_start
@@ -227,18 +263,20 @@ class _Request:
         if conn is not None:
             self.pool.discard(conn, reason, lost=lost)  # the pool logs it
 
-    def _return_connection(self, response_id: Optional[str]) -> None:
+    def _return_connection(self, response_id: Optional[str], *, hold: bool = False) -> None:
         conn, self.conn = self.conn, None
         if conn is not None:
             # The server's connection-local cache now holds this response: let the pool
             # route its continuation here.
             conn.last_response_id = response_id
-            self.pool.release(conn)
+            self.pool.release(conn, hold=hold)
 
     # --- the start, inside the retry scope -------------------------------------------------
 
     def start(self) -> dict[str, Any]:
         """Acquire, send, and read the first event; retried as a whole when allowed."""
+        if self.turn is not None:
+            self.payload, self.replay = self.turn.begin()
         if self.timeout is not None and self.deadline is None:
             self.deadline = time.monotonic() + self.timeout
         if not self.retry_start:
@@ -256,9 +294,19 @@ class _Request:
             conn = self.pool.acquire(self._bounded(self.config.pool_timeout), affinity)
             self.conn = conn
             reused = conn.requests_started > 0
+            payload = self._payload_for(conn, affinity)
             try:
-                conn.send_json(self.payload)
+                conn.send_json(payload)
                 data: dict[str, Any] = conn.recv_json(self._bounded(self.config.read_timeout))
+                if payload is not self.replay and self.replay is not None and _not_found(data):
+                    # The server cannot continue the chain (expired, or never stored): send
+                    # the whole transcript at once on the same connection. Nothing reached
+                    # the caller, and this is no failure of the request: no retry is spent.
+                    self.pool.record_replay()
+                    log.debug("previous response not found: replaying the full context")
+                    payload = self.replay
+                    conn.send_json(payload)
+                    data = conn.recv_json(self._bounded(self.config.read_timeout))
             except APITimeoutError as error:
                 self.drop_connection("no first event before the deadline")
                 raise self._timed_out(error) from None
@@ -281,6 +329,24 @@ class _Request:
                     continue
                 raise
             return data
+
+    def _payload_for(self, conn: Connection, affinity: Optional[str]) -> dict[str, Any]:
+        """The continuation, or the full replay when this connection cannot continue it.
+
+        With ``store: false`` only the connection that produced the previous response can
+        continue from it; anywhere else the server would answer ``previous_response_not_found``
+        after a round trip, so the replay is sent straight away. With ``store`` true or unset
+        the continuation is sent: the server loads the chain from storage.
+        """
+        if (
+            self.replay is not None
+            and affinity is not None
+            and conn.last_response_id != affinity
+            and self.payload.get("store") is False
+        ):
+            self.pool.record_replay()
+            return self.replay
+        return self.payload
 
     # --- reading ---------------------------------------------------------------------------
 
@@ -319,8 +385,13 @@ class _Request:
 
     def finish(self) -> None:
         """After the terminal event: build the response and give the connection back."""
-        self.response = self.accumulator.build()
-        self._return_connection(self.response.id)
+        response = self.response = self.accumulator.build()
+        # A failed response is not continued from (the server evicts what it continued), so
+        # only a usable one is worth keeping the connection for.
+        keep = self.hold and response.status in ("completed", "incomplete")
+        self._return_connection(response.id, hold=keep)
+        if self.turn is not None:
+            self.turn.finished(response)
 
     def _interrupted(self, cls: type[StreamInterruptedError], cause: str) -> StreamInterruptedError:
         return cls(
@@ -363,6 +434,8 @@ def _events(request: _Request) -> Generator[Event, None, None]:
         # Reached with the connection still held only when the response was not read to its
         # end: an error, a timeout, or the caller leaving early (break, exception, dropped).
         request.drop_connection("the response was not read to its end")
+        if request.turn is not None:
+            request.turn.end()
 
 
 class ResponseStream:
@@ -383,8 +456,11 @@ class ResponseStream:
         payload: dict[str, Any],
         *,
         timeout: Optional[float] = None,
+        turn: Optional[Turn] = None,
     ) -> None:
-        self._request = _Request(pool, config, payload, timeout)
+        # A conversation's turn plans its payload at the first next(): ``payload`` is then
+        # only a placeholder (its model shows in the repr).
+        self._request = _Request(pool, config, payload, timeout, hold=turn is not None, turn=turn)
         self._events = _events(self._request)
 
     def __iter__(self) -> Iterator[Event]:
@@ -434,17 +510,34 @@ class ResponseStream:
 
 
 def collect_response(
-    pool: Pool, config: ClientConfig, payload: dict[str, Any], *, timeout: Optional[float]
+    pool: Pool,
+    config: ClientConfig,
+    payload: dict[str, Any],
+    *,
+    timeout: Optional[float],
+    replay: Optional[dict[str, Any]] = None,
+    hold: bool = False,
 ) -> Response:
     """Run a request to its end without yielding anything: ``create_response``.
 
     Since the caller sees nothing until the end, a connection lost midway may be retried as a
-    whole request, under the same retry budget and total deadline.
+    whole request, under the same retry budget and total deadline. ``replay`` and ``hold``
+    are a conversation's (see ``_Request``): each try chooses between continuation and replay
+    on the connection it gets.
     """
     deadline = None if timeout is None else time.monotonic() + timeout
 
     def attempt() -> Response:
-        request = _Request(pool, config, payload, timeout, retry_start=False, deadline=deadline)
+        request = _Request(
+            pool,
+            config,
+            payload,
+            timeout,
+            retry_start=False,
+            deadline=deadline,
+            replay=replay,
+            hold=hold,
+        )
         for _ in _events(request):
             pass
         assert request.response is not None  # the generator ends only at a terminal event
