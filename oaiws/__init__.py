@@ -7,6 +7,7 @@ from ._client import Client
 from ._events import Event, Response
 from ._stream import ResponseStream
 from ._version import __version__
+from .conversation import Conversation, ConversationBusyError
 from .errors import (
     APIConnectionError,
     APIError,
@@ -43,6 +44,8 @@ __all__ = [
     "ConfigurationError",
     "ConflictError",
     "ConnectionLimitReachedError",
+    "Conversation",
+    "ConversationBusyError",
     "Event",
     "InternalServerError",
     "NotFoundError",

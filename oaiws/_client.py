@@ -8,8 +8,9 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Optional, Union
 
 from ._config import ClientConfig, display_url
-from ._pool import Pool
+from ._pool import DEFAULT_AFFINITY_WAIT, Pool
 from ._stream import ResponseStream, build_payload, collect_response
+from .conversation import Conversation
 from .errors import ClientClosedError, ConfigurationError
 
 if TYPE_CHECKING:
@@ -36,7 +37,10 @@ class Client:
     ``pool_timeout``, ``max_connection_age``, ``connection_age_margin``, ``idle_timeout``,
     ``ping_interval``), deadlines (``connect_timeout`` for the handshake, ``read_timeout``
     for the silence between two events), ``max_retries``, TLS ``verify`` and ``proxy``.
-    Nothing touches the network until the first request.
+    ``affinity_wait`` (seconds, default 1.0; 0 turns holds off) is how long a conversation's
+    connection is kept for its next turn, and so the most a hold may delay anyone else.
+    Nothing touches the network until the first request (``min_connections`` are opened in
+    the background at once).
     """
 
     def __init__(
@@ -60,7 +64,15 @@ class Client:
         max_retries: int = 2,
         verify: Union[bool, str] = True,
         proxy: Optional[str] = None,
+        affinity_wait: float = DEFAULT_AFFINITY_WAIT,
     ) -> None:
+        if (
+            isinstance(affinity_wait, bool)
+            or not isinstance(affinity_wait, (int, float))
+            or not math.isfinite(affinity_wait)
+            or affinity_wait < 0
+        ):
+            raise ConfigurationError("affinity_wait must be a number of seconds >= 0")
         self._config = ClientConfig.resolve(
             api_key=api_key,
             base_url=base_url,
@@ -81,7 +93,7 @@ class Client:
             verify=verify,
             proxy=proxy,
         )
-        self._pool = Pool(self._config)
+        self._pool = Pool(self._config, affinity_wait=float(affinity_wait))
         self._lock = threading.Lock()
         self._closed = False
 
@@ -114,24 +126,55 @@ class Client:
         payload, seconds = self._prepare(fields, timeout)
         return collect_response(self._pool, self._config, payload, timeout=seconds)
 
-    def _prepare(
-        self, fields: Mapping[str, Any], timeout: Optional[float]
-    ) -> tuple[dict[str, Any], Optional[float]]:
+    def conversation(self, *, timeout: Optional[float] = None, **defaults: Any) -> Conversation:
+        """A multi-turn conversation that keeps its transcript and chains its turns.
+
+        ``defaults`` are ``response.create`` fields sent with every turn (``model`` required;
+        ``instructions``, ``tools``, ``store``, ...); ``timeout`` bounds each turn. Turns
+        continue on the connection holding the previous response and replay the transcript
+        when that is not possible; see ``Conversation``. Checked now, nothing is sent.
+        """
         if self._closed:
             raise ClientClosedError("this client is closed: create a new oaiws.Client")
-        payload = build_payload(fields)
-        if timeout is not None and (
+        if timeout is not None:
+            self._check_timeout(timeout)
+        return Conversation(self, timeout=timeout, **defaults)
+
+    def warm(self, *, timeout: Optional[float] = None, **fields: Any) -> Response:
+        """Warm a connection up: ``generate: false`` with these fields (``model``,
+        ``instructions``, ``tools``, optional ``input``...), no output.
+
+        Returns the warm-up ``Response``; pass its ``id`` as ``previous_response_id`` of the
+        first real request, which is then routed to the same connection and starts faster.
+        """
+        if "generate" in fields:
+            raise ConfigurationError("warm() sends generate=False itself: remove generate=")
+        payload, seconds = self._prepare({**fields, "generate": False}, timeout)
+        return collect_response(self._pool, self._config, payload, timeout=seconds)
+
+    def _check_timeout(self, timeout: Any) -> None:
+        if (
             isinstance(timeout, bool)
             or not isinstance(timeout, (int, float))
             or not math.isfinite(timeout)
             or timeout <= 0
         ):
             raise ConfigurationError("timeout must be a positive number of seconds or None")
+
+    def _prepare(
+        self, fields: Mapping[str, Any], timeout: Optional[float]
+    ) -> tuple[dict[str, Any], Optional[float]]:
+        if self._closed:
+            raise ClientClosedError("this client is closed: create a new oaiws.Client")
+        payload = build_payload(fields)
+        if timeout is not None:
+            self._check_timeout(timeout)
         self._config.require_api_key()
         return payload, None if timeout is None else float(timeout)
 
     def pool_stats(self) -> dict[str, Any]:
-        """The pool's counters (handshakes, requests, connections open/idle/in use, retries...)."""
+        """The pool's counters (handshakes, requests, connections open/idle/in use, retries,
+        ``affinity_hits``, ``affinity_misses``, ``replays``, holds...)."""
         return dict(self._pool.stats())
 
     def close(self) -> None:

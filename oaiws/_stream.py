@@ -89,7 +89,11 @@ def build_payload(fields: Mapping[str, Any]) -> dict[str, Any]:
         raise ConfigurationError("model must be a non-empty string, e.g. model='gpt-5.5'")
     if "input" in payload:
         payload["input"] = _check_input(payload["input"])
-    elif "previous_response_id" not in payload and "prompt" not in payload:
+    elif (
+        "previous_response_id" not in payload
+        and "prompt" not in payload
+        and payload.get("generate") is not False  # a warm-up may carry no input
+    ):
         raise ConfigurationError("input is required: a string or a list of input items")
     for key in _STR_FIELDS:
         if key in payload and not isinstance(payload[key], str):

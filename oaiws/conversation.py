@@ -1,0 +1,342 @@
+"""``Conversation``: a multi-turn chain kept locally, continued on the connection that holds it.
+
+The server caches the most recent response of each connection. A turn sent on that same
+connection with ``previous_response_id`` and only its new items skips re-reading the whole
+conversation; anywhere else, with ``store: false``, the server cannot find the previous
+response at all. So a conversation keeps the full transcript here and lets each request
+choose, on the connection it gets:
+
+- the connection holds the chain: send ``previous_response_id`` plus the new items;
+- it does not and ``store`` is false: send the whole transcript without
+  ``previous_response_id`` (a replay; the answer is the same);
+- it does not and ``store`` is true or unset: send the continuation (the server loads it);
+- the server answers ``previous_response_not_found`` before anything was yielded: replay at
+  once on the same connection.
+
+Between turns the pool holds the connection for the conversation's next turn, at most
+``affinity_wait`` seconds (see ``_pool``); ``close()`` gives it back at once.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Optional, Union
+
+from ._stream import ResponseStream, build_payload, collect_response
+from .errors import ConfigurationError, OAIWSError
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+    from ._client import Client
+    from ._events import Response
+
+__all__ = ["Conversation", "ConversationBusyError", "InputLike"]
+
+# What ``send`` and ``stream`` accept: a user message as text, one input item, or a list.
+InputLike = Union[str, Mapping[str, Any], Iterable[Union[str, Mapping[str, Any]]]]
+
+# The conversation decides these itself on every turn.
+_MANAGED_FIELDS = {
+    "input": "pass the turn's input to send()/stream(), not as a default",
+    "previous_response_id": "the conversation chains its turns itself: remove "
+    "previous_response_id (use client.generate_response() to manage a chain yourself)",
+    "generate": "use conv.prepare() to warm the conversation up",
+    "conversation": "a server-side conversation and a local transcript cannot be combined: "
+    "remove conversation=",
+}
+
+# A response the chain may continue from; a failed one is not part of the conversation.
+_KEPT_STATUSES = ("completed", "incomplete")
+
+
+class ConversationBusyError(OAIWSError, RuntimeError):
+    """A ``Conversation`` was used by a second thread while a turn was in progress.
+
+    A conversation is a chain: each turn continues from the previous one, so two turns at
+    once would fork it. Use one conversation per thread (many conversations may share one
+    client), or serialise the turns yourself.
+    """
+
+
+class Conversation:
+    """A multi-turn conversation on a ``Client``: built by ``client.conversation(...)``.
+
+    ``defaults`` are ``response.create`` fields sent with every turn (``model`` required;
+    ``instructions``, ``tools``, ``store``, ``tool_choice``, ``metadata``, ...); ``timeout``
+    bounds each turn in seconds (pool wait, retries and reading). One thread at a time:
+    concurrent use raises ``ConversationBusyError``.
+    """
+
+    def __init__(self, client: Client, *, timeout: Optional[float] = None, **defaults: Any) -> None:
+        _refuse_managed(defaults)
+        # Checked now, before any traffic: a bad default fails here, not at the first turn.
+        build_payload({**defaults, "input": []})
+        self._client = client
+        self._defaults = dict(defaults)
+        self._timeout = timeout
+        self._history: list[dict[str, Any]] = []
+        self._last_response_id: Optional[str] = None
+        self._busy = threading.Lock()
+
+    # -- state ------------------------------------------------------------------------
+
+    @property
+    def last_response_id(self) -> Optional[str]:
+        """The id the next turn continues from (``None`` before the first turn)."""
+        return self._last_response_id
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        """The full transcript: every input item and every output item, in order (a copy).
+
+        User turns given as text appear as ``{"role": "user", "content": text}``; output
+        items appear as the server returned them. A failed or interrupted turn is not in it.
+        """
+        return copy.deepcopy(self._history)
+
+    @property
+    def defaults(self) -> dict[str, Any]:
+        """The fields sent with every turn (a copy)."""
+        return copy.deepcopy(self._defaults)
+
+    # -- turns ------------------------------------------------------------------------
+
+    def send(
+        self, input: InputLike, *, timeout: Optional[float] = None, **overrides: Any
+    ) -> Response:
+        """Send one turn and return its finished ``Response`` (text, or function calls).
+
+        ``input``: the user's text, a ``function_call_output`` item (or any input item), or a
+        list of them. ``overrides``: fields for this turn only (``tool_choice``, ...). Since
+        nothing is shown before the end, a connection lost midway is retried as a whole
+        (within ``max_retries``), by replay when the chain's connection is gone. A ``failed``
+        response is returned, not raised, and is not added to the transcript.
+        """
+        items = _as_items(input)
+        with self._turn():
+            payload, replay = self._plan(items, overrides)
+            client = self._client
+            payload, seconds = client._prepare(payload, self._turn_timeout(timeout))
+            response = collect_response(
+                client._pool,
+                client.config,
+                payload,
+                timeout=seconds,
+                replay=replay,
+                hold=True,
+            )
+            self._commit(items, response)
+        return response
+
+    def stream(
+        self, input: InputLike, *, timeout: Optional[float] = None, **overrides: Any
+    ) -> ResponseStream:
+        """Send one turn and return its events as they arrive (a ``ResponseStream``).
+
+        Same input and options as ``send``. Nothing is sent until the first ``next()``; the
+        turn joins the transcript when its terminal event is read, before that event is
+        yielded. A stream that ends early (an interruption, ``break``, ``close()``) leaves the
+        transcript as it was, and the next turn works (by replay when needed).
+        """
+        items = _as_items(input)
+        _refuse_managed(overrides)
+        seconds = self._turn_timeout(timeout)
+        # Checked now, like every field of generate_response(), before anything is sent.
+        self._client._prepare({**self._defaults, **overrides, "input": items}, seconds)
+        turn = _StreamTurn(self, items, overrides)
+        placeholder = {"model": self._defaults.get("model")}
+        return ResponseStream(
+            self._client._pool, self._client.config, placeholder, timeout=seconds, turn=turn
+        )
+
+    def prepare(self, *, timeout: Optional[float] = None) -> Response:
+        """Warm a connection up for this conversation: ``generate: false`` with its model,
+        instructions, tools and transcript so far (nothing, for a new conversation).
+
+        The server prepares its state and answers with an id but no output; the next turn
+        continues from it on that connection, so it starts faster. Costs one round trip.
+        """
+        with self._turn():
+            fields = {**self._defaults, "generate": False}
+            transcript = self._replay_input([], self._defaults.get("store"))
+            if transcript:
+                fields["input"] = transcript
+            client = self._client
+            payload, seconds = client._prepare(fields, self._turn_timeout(timeout))
+            response = collect_response(
+                client._pool, client.config, payload, timeout=seconds, hold=True
+            )
+            if response.status in _KEPT_STATUSES and response.id is not None:
+                self._last_response_id = response.id
+        return response
+
+    def close(self) -> None:
+        """Give the connection held for the next turn back to the other callers now.
+
+        The transcript stays; a later turn still works (by replay if the connection was
+        taken meanwhile). Idempotent; also the end of a ``with`` block.
+        """
+        response_id = self._last_response_id
+        if response_id is not None and not self._client.closed:
+            self._client._pool.release_hold(response_id)
+
+    def __enter__(self) -> Conversation:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: Optional[type[BaseException]],
+        exc: Optional[BaseException],
+        traceback: Optional[TracebackType],
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"<oaiws.Conversation model={self._defaults.get('model')!r} "
+            f"items={len(self._history)} last_response_id={self._last_response_id!r}>"
+        )
+
+    # -- the chain --------------------------------------------------------------------
+
+    def _turn(self) -> _Busy:
+        return _Busy(self._busy)
+
+    def _turn_timeout(self, timeout: Optional[float]) -> Optional[float]:
+        return self._timeout if timeout is None else timeout
+
+    def _plan(
+        self, items: list[dict[str, Any]], overrides: Mapping[str, Any]
+    ) -> tuple[dict[str, Any], Optional[dict[str, Any]]]:
+        """The turn's continuation payload and its replay (``None``: nothing to continue)."""
+        _refuse_managed(overrides)
+        fields = {**self._defaults, **overrides}
+        full = {**fields, "input": self._replay_input(items, fields.get("store"))}
+        if self._last_response_id is None:
+            return full, None
+        continuation = {
+            **fields,
+            "input": items,
+            "previous_response_id": self._last_response_id,
+        }
+        return continuation, build_payload(full)
+
+    def _replay_input(self, items: list[dict[str, Any]], store: Any) -> list[dict[str, Any]]:
+        replayed = (_replayable(item, store) for item in self._history)
+        return [item for item in replayed if item is not None] + items
+
+    def _commit(self, items: list[dict[str, Any]], response: Response) -> None:
+        if response.status not in _KEPT_STATUSES or response.id is None:
+            return
+        self._history.extend(copy.deepcopy(items))
+        output = response.get("output") or []
+        self._history.extend(copy.deepcopy([item for item in output if isinstance(item, dict)]))
+        self._last_response_id = response.id
+
+
+class _Busy:
+    """Enter a turn, or fail at once when another thread is in one."""
+
+    __slots__ = ("_lock",)
+
+    def __init__(self, lock: threading.Lock) -> None:
+        self._lock = lock
+
+    def __enter__(self) -> None:
+        if not self._lock.acquire(blocking=False):
+            raise ConversationBusyError(
+                "this Conversation is in the middle of a turn in another thread (or an "
+                "unfinished stream): a conversation is used by one thread at a time; give "
+                "each thread its own conversation, they can share one client"
+            )
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._lock.release()
+
+
+class _StreamTurn:
+    """The ``Turn`` of ``Conversation.stream``: planned at the first ``next()``."""
+
+    __slots__ = ("_busy", "_conversation", "_items", "_overrides")
+
+    def __init__(
+        self, conversation: Conversation, items: list[dict[str, Any]], overrides: Any
+    ) -> None:
+        self._conversation = conversation
+        self._items = items
+        self._overrides = dict(overrides)
+        self._busy: Optional[_Busy] = None
+
+    def begin(self) -> tuple[dict[str, Any], Optional[dict[str, Any]]]:
+        busy = self._conversation._turn()
+        busy.__enter__()
+        self._busy = busy
+        payload, replay = self._conversation._plan(self._items, self._overrides)
+        return build_payload(payload), replay
+
+    def finished(self, response: Response) -> None:
+        self._conversation._commit(self._items, response)
+
+    def end(self) -> None:
+        busy, self._busy = self._busy, None
+        if busy is not None:
+            busy.__exit__()
+
+
+def _refuse_managed(fields: Mapping[str, Any]) -> None:
+    for key, why in _MANAGED_FIELDS.items():
+        if key in fields:
+            raise ConfigurationError(f"{key} is managed by the conversation: {why}")
+
+
+def _as_items(value: Any) -> list[dict[str, Any]]:
+    """A turn's input as a list of items: text becomes a user message."""
+    if isinstance(value, str):
+        return [_user_message(value)]
+    if isinstance(value, Mapping) or hasattr(value, "model_dump"):
+        return [_as_item(value)]
+    if isinstance(value, Iterable):
+        items = [_user_message(v) if isinstance(v, str) else _as_item(v) for v in value]
+        if items:
+            return items
+        raise ConfigurationError("a turn needs some input: text, an input item or a list")
+    raise ConfigurationError(
+        "input must be text, an input item (a dict such as a function_call_output) or a "
+        f"list of them, not {type(value).__name__}"
+    )
+
+
+def _user_message(text: str) -> dict[str, Any]:
+    return {"role": "user", "content": text}
+
+
+def _as_item(value: Any) -> dict[str, Any]:
+    if isinstance(value, Mapping):
+        return copy.deepcopy(dict(value))
+    dump = getattr(value, "model_dump", None)  # typed models of the openai package
+    if callable(dump):
+        dumped = dump(exclude_none=True)
+        if isinstance(dumped, dict):
+            return dumped
+    raise ConfigurationError(
+        f"each input item must be a dict like {{'role': 'user', 'content': '...'}}, "
+        f"not {type(value).__name__}"
+    )
+
+
+def _replayable(item: dict[str, Any], store: Any) -> Optional[dict[str, Any]]:
+    """One transcript item as input of a replay.
+
+    With ``store: false`` nothing was persisted, and the server refuses input items that
+    name an id it cannot find: ids are left out, and reasoning items go only when they carry
+    their ``encrypted_content`` (ask for it with ``include=["reasoning.encrypted_content"]``).
+    With storage on, items go as they were returned.
+    """
+    if store is not False:
+        return item
+    if item.get("type") == "reasoning" and not item.get("encrypted_content"):
+        return None
+    return {key: value for key, value in item.items() if key != "id"}
