@@ -383,3 +383,25 @@ def test_replayed_items_leave_out_what_a_store_false_server_cannot_find() -> Non
     assert _replayable(sealed, False) == {k: v for k, v in sealed.items() if k != "id"}
     assert _replayable(message, True) is message
     assert _replayable(reasoning, None) is reasoning
+
+
+def test_the_benchmark_scenario_runs_and_its_contenders_agree(
+    oaiws_emulator_factory: Callable[..., Emulator],
+) -> None:
+    pytest.importorskip("openai")
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "conversation.py"
+    spec = importlib.util.spec_from_file_location("conversation_benchmark", path)
+    assert spec is not None and spec.loader is not None
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    emu = oaiws_emulator_factory(input_cost_per_kb=0.0005)
+
+    result = benchmark.run(emu, turns=4, repeats=1)  # raises if the answers differ
+
+    figures = result["contenders"]
+    assert set(figures) == {"oaiws_conversation", "naive_pool", "openai_http"}
+    ours = figures["oaiws_conversation"]["bytes_per_turn"]
+    assert ours[0] == figures["naive_pool"]["bytes_per_turn"][0], "turn 1 has nothing to chain"
+    assert ours[3] < figures["naive_pool"]["bytes_per_turn"][3] / 2
+    assert result["ratios"]["openai_http"]["bytes"] > 1.5
+    assert "naive_pool / oaiws_conversation" in benchmark.format_table(result)
