@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Optional, Union
 
 from ._config import ClientConfig, display_url
-from ._pool import DEFAULT_AFFINITY_WAIT, Pool
+from ._pool import Pool
 from ._stream import ResponseStream, build_payload, collect_response
 from .conversation import Conversation
 from .errors import ClientClosedError, ConfigurationError
@@ -64,15 +64,8 @@ class Client:
         max_retries: int = 2,
         verify: Union[bool, str] = True,
         proxy: Optional[str] = None,
-        affinity_wait: float = DEFAULT_AFFINITY_WAIT,
+        affinity_wait: float = 1.0,
     ) -> None:
-        if (
-            isinstance(affinity_wait, bool)
-            or not isinstance(affinity_wait, (int, float))
-            or not math.isfinite(affinity_wait)
-            or affinity_wait < 0
-        ):
-            raise ConfigurationError("affinity_wait must be a number of seconds >= 0")
         self._config = ClientConfig.resolve(
             api_key=api_key,
             base_url=base_url,
@@ -92,8 +85,9 @@ class Client:
             max_retries=max_retries,
             verify=verify,
             proxy=proxy,
+            affinity_wait=affinity_wait,
         )
-        self._pool = Pool(self._config, affinity_wait=float(affinity_wait))
+        self._pool = Pool(self._config)
         self._lock = threading.Lock()
         self._closed = False
 

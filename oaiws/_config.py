@@ -204,6 +204,8 @@ class ClientConfig:
     max_retries: int
     verify: Union[bool, str]
     proxy: Optional[ProxySettings]
+    # Seconds a conversation's connection is kept for its next turn (0: never); see _pool.
+    affinity_wait: float = 1.0
 
     @classmethod
     def resolve(
@@ -227,6 +229,7 @@ class ClientConfig:
         max_retries: int = 2,
         verify: Union[bool, str] = True,
         proxy: Optional[str] = None,
+        affinity_wait: float = 1.0,
     ) -> ClientConfig:
         """Resolve arguments against the environment and validate every value.
 
@@ -283,6 +286,16 @@ class ClientConfig:
                 f"max_connections ({max_connections})"
             )
         max_retries = _count("max_retries", max_retries, minimum=0)
+        if (
+            isinstance(affinity_wait, bool)
+            or not isinstance(affinity_wait, (int, float))
+            or not math.isfinite(affinity_wait)
+            or affinity_wait < 0
+        ):
+            raise ConfigurationError(
+                "affinity_wait must be zero or a positive number of seconds "
+                f"(got {affinity_wait!r})"
+            )
 
         age = _seconds("max_connection_age", max_connection_age)
         if isinstance(connection_age_margin, bool) or not isinstance(
@@ -329,6 +342,7 @@ class ClientConfig:
             max_retries=max_retries,
             verify=verify,
             proxy=proxy_settings,
+            affinity_wait=float(affinity_wait),
         )
 
     @property
@@ -398,6 +412,7 @@ class ClientConfig:
             ("max_retries", self.max_retries),
             ("verify", self.verify),
             ("proxy", self.proxy.display() if self.proxy is not None else None),
+            ("affinity_wait", self.affinity_wait),
         ]
         body = ", ".join(f"{name}={value!r}" for name, value in fields if value is not None)
         return f"ClientConfig({body})"

@@ -85,9 +85,6 @@ _COUNTERS = (
     "replays",
 )
 
-# How long a connection released with hold=True is kept for its continuation (seconds).
-DEFAULT_AFFINITY_WAIT = 1.0
-
 
 class _Waiter:
     """One caller waiting for a connection; whoever frees one fills exactly one field."""
@@ -127,7 +124,7 @@ class Pool:
     measures ages and idle times (``time.monotonic``; tests may inject a fake one). Waiting
     for a connection always uses real time. ``background=False`` runs no maintenance thread:
     the owner calls ``run_maintenance()`` itself (tests drive the pool step by step).
-    ``affinity_wait`` bounds holds (see the module's rules); ``0`` disables them.
+    ``config.affinity_wait`` bounds holds (see the module's rules); ``0`` disables them.
     """
 
     def __init__(
@@ -138,10 +135,9 @@ class Pool:
         clock: Callable[[], float] = time.monotonic,
         rng: Optional[random.Random] = None,
         background: bool = True,
-        affinity_wait: float = DEFAULT_AFFINITY_WAIT,
     ) -> None:
         self._config = config
-        self._affinity_wait = affinity_wait
+        self._affinity_wait = config.affinity_wait
         self._background = background
         self._connect = connect
         self._clock = clock

@@ -71,8 +71,7 @@ def test_a_continuation_overtakes_waiters_to_take_its_held_connection(net: FakeN
 
 def test_a_waiter_takes_a_held_connection_after_affinity_wait(net: FakeNet) -> None:
     affinity_wait = 0.3
-    pool = make_pool(net, max_connections=1)
-    pool._affinity_wait = affinity_wait
+    pool = make_pool(net, max_connections=1, affinity_wait=affinity_wait)
     conn = pool.acquire(1)
     # Time is under test: the hold may delay a waiter by affinity_wait, never more.
     thread, got = acquire_in_thread(pool, timeout=5)
@@ -93,8 +92,7 @@ def test_a_waiter_takes_a_held_connection_after_affinity_wait(net: FakeNet) -> N
 def test_no_hold_is_granted_while_the_oldest_waiter_has_waited_affinity_wait(
     net: FakeNet,
 ) -> None:
-    pool = make_pool(net, max_connections=1)
-    pool._affinity_wait = 0.2
+    pool = make_pool(net, max_connections=1, affinity_wait=0.2)
     conn = pool.acquire(1)
     thread, got = acquire_in_thread(pool, timeout=5)
     wait_until(lambda: pool.stats()["requests_waiting"] == 1)
@@ -106,8 +104,7 @@ def test_no_hold_is_granted_while_the_oldest_waiter_has_waited_affinity_wait(
 
 
 def test_a_hold_that_runs_out_goes_to_a_waiter_who_joined_after_it(net: FakeNet) -> None:
-    pool = make_pool(net, max_connections=1)
-    pool._affinity_wait = 0.5
+    pool = make_pool(net, max_connections=1, affinity_wait=0.5)
     conn = pool.acquire(1)
     finish(pool, conn, "resp_a")
     time.sleep(0.3)  # the hold's remaining time is the condition under test
@@ -118,8 +115,7 @@ def test_a_hold_that_runs_out_goes_to_a_waiter_who_joined_after_it(net: FakeNet)
 
 
 def test_release_hold_hands_the_connection_to_the_oldest_waiter_at_once(net: FakeNet) -> None:
-    pool = make_pool(net, max_connections=1)
-    pool._affinity_wait = 30.0
+    pool = make_pool(net, max_connections=1, affinity_wait=30.0)
     conn = pool.acquire(1)
     finish(pool, conn, "resp_a")
     assert pool.stats()["connections_held"] == 1
@@ -133,12 +129,17 @@ def test_release_hold_hands_the_connection_to_the_oldest_waiter_at_once(net: Fak
 
 
 def test_without_affinity_wait_nothing_is_held(net: FakeNet) -> None:
-    pool = make_pool(net, max_connections=2)
-    pool._affinity_wait = 0.0
+    pool = make_pool(net, max_connections=2, affinity_wait=0.0)
     conn = pool.acquire(1)
     finish(pool, conn, "resp_a")
     assert pool.acquire(1) is conn
     assert pool.stats()["affinity_holds"] == 0
+
+
+@pytest.mark.parametrize("bad", [-1, float("inf"), True, "1"])
+def test_affinity_wait_is_checked_with_the_other_options(bad: Any) -> None:
+    with pytest.raises(oaiws.ConfigurationError, match="affinity_wait"):
+        oaiws.Client(api_key="sk-x", affinity_wait=bad)
 
 
 def test_idle_care_keeps_a_hold(net: FakeNet) -> None:
@@ -154,8 +155,7 @@ def test_idle_care_keeps_a_hold(net: FakeNet) -> None:
 def test_holds_never_starve_plain_callers(net: FakeNet) -> None:
     # Conversations that continue at once would keep their connections forever; plain
     # callers must still be served, each within affinity_wait plus the queue ahead of them.
-    pool = make_pool(net, max_connections=3)
-    pool._affinity_wait = 0.05
+    pool = make_pool(net, max_connections=3, affinity_wait=0.05)
     stop = threading.Event()
     served: list[float] = []
     errors: list[BaseException] = []
