@@ -59,6 +59,8 @@ class WebSocketSession:
         self.lanes: dict[Optional[str], _Lane] = {}
         self.named_lanes: set[str] = set()
         self.send_lock = asyncio.Lock()
+        # At most this many responses are generated at once; further creates wait their turn.
+        self.active = asyncio.Semaphore(MAX_ACTIVE_RESPONSES)
         self.closing = False
         self.close_request: Optional[tuple[int, str]] = None
         self.reader: Optional[asyncio.Task[None]] = None
@@ -260,13 +262,6 @@ class WebSocketSession:
                     code="websocket_stream_limit_reached",
                     param="stream_id",
                 )
-            busy = self._busy_lanes()
-            if lane not in busy and len(busy) >= MAX_ACTIVE_RESPONSES:
-                raise RequestError(
-                    f"Too many active responses: at most {MAX_ACTIVE_RESPONSES} per connection.",
-                    code="websocket_stream_limit_reached",
-                    param="stream_id",
-                )
         except RequestError as error:
             await self._send_error(error, echo)
             return
@@ -291,7 +286,8 @@ class WebSocketSession:
             while lane.queue and not self.closing:
                 request, fault = lane.queue.popleft()
                 sink = _WebSocketSink(self, request.stream_id)
-                await serve(self.ctx, request, sink, cache=self.cache, fault=fault)
+                async with self.active:
+                    await serve(self.ctx, request, sink, cache=self.cache, fault=fault)
                 self.last_activity = time.monotonic()
         except ConnectionAborted:
             pass

@@ -382,3 +382,42 @@ def test_tls_websocket_and_https_through_the_sdk(oaiws_emulator_factory):
     assert first.output_text == expected_text("secure")
     stored = http_client(emu).responses.retrieve(first.id)
     assert dump(stored) == dump(first)
+
+
+def test_creates_beyond_16_active_responses_are_queued_not_refused(emu):
+    # PROTOCOL.md: up to 16 active responses per connection; websocket_stream_limit_reached is
+    # for a 33rd distinct stream_id. The service queues further creates until a slot frees.
+    held = {"emulator_deltas": "2", "emulator_first_event_delay_ms": "300"}
+    with connect(emu) as conn:
+        for index in range(16):
+            conn.response.create(model=MODEL, input="x", stream_id=f"busy{index}", metadata=held)
+        conn.response.create(model=MODEL, input="late", stream_id="late")
+        events = []
+        while sum(e.type in ("response.completed", "error") for e in events) < 17:
+            events.append(receive(conn)[1])
+    assert [e for e in events if isinstance(e, ResponseWsError)] == []
+    order = [(e.type, e.stream_id) for e in events]
+    late_start = order.index(("response.created", "late"))
+    first_done = next(i for i, (kind, _) in enumerate(order) if kind == "response.completed")
+    assert first_done < late_start, "a 17th response ran while 16 were active"
+    late = next(e for e in events if e.type == "response.completed" and e.stream_id == "late")
+    assert late.response.output_text == expected_text("late")
+
+
+def test_a_failed_fork_on_another_lane_keeps_the_parent_for_its_own_lane(emu):
+    # A same-lane failed continuation evicts its parent (test above); a fork from another
+    # lane that fails leaves the parent cached for the lane that produced it.
+    with connect(emu) as conn:
+        parent = turn(conn, input="a", store=False, stream_id="main").pop().response
+        fork = turn(
+            conn,
+            input="b",
+            store=False,
+            stream_id="fork",
+            previous_response_id=parent.id,
+            metadata={"emulator_outcome": "failed"},
+        )
+        assert isinstance(fork[-1], ResponseWsFailed) and fork[-1].stream_id == "fork"
+        again = turn(conn, input="c", store=False, stream_id="main", previous_response_id=parent.id)
+    assert again[-1].response.status == "completed"
+    assert emu.stats()["cache_hits"] == 2
