@@ -145,7 +145,7 @@ async def serve(
         prior, cached_bytes, processed = await _resolve_previous(ctx, request, cache)
     except RequestError as error:
         if previous is not None and cache is not None:
-            cache.evict(previous)
+            cache.evict(previous, request.stream_id)
         await emitter.error(error)
         return
 
@@ -191,7 +191,8 @@ async def serve(
         )
         await emitter.event({"type": "response.failed", "response": failed})
         if previous is not None and cache is not None:
-            cache.evict(previous)  # a failed continuation evicts the id it continued from
+            # A failed continuation evicts the id it continued from (on its own lane).
+            cache.evict(previous, request.stream_id)
         ctx.stats.add("responses_failed")
         return
 

@@ -97,10 +97,15 @@ class ConnectionCache:
     def remember(self, lane: Optional[str], chain: Chain) -> None:
         self._by_lane[lane] = chain
 
-    def evict(self, response_id: str) -> None:
-        for lane, chain in list(self._by_lane.items()):
-            if chain.response_id == response_id:
-                del self._by_lane[lane]
+    def evict(self, response_id: str, lane: Optional[str]) -> None:
+        """A continuation on ``lane`` failed: drop its parent if it is that lane's latest.
+
+        A failed fork from another lane leaves the parent cached for the lane that produced
+        it, so a fork can never cost its source lane the fast path.
+        """
+        chain = self._by_lane.get(lane)
+        if chain is not None and chain.response_id == response_id:
+            del self._by_lane[lane]
 
     def clear(self) -> None:
         self._by_lane.clear()
