@@ -2,21 +2,28 @@
 
 Every frame of the protocol is a JSON text frame, so this sits on the hot path of every
 event. ``dumps`` always returns ``str`` because a WebSocket text frame is text.
+
+``OAIWS_JSON=json`` in the environment (read once, at import) forces the standard library
+even where orjson is installed: to compare the two backends in one environment (the
+benchmarks do), or to rule orjson out when chasing a bug.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from typing import Any, Union
 
 __all__ = ["BACKEND", "dumps", "loads"]
 
-try:
-    import orjson
+_HAVE_ORJSON = False
+if os.environ.get("OAIWS_JSON", "").strip().lower() not in ("json", "stdlib"):
+    try:
+        import orjson
 
-    _HAVE_ORJSON = True
-except ImportError:  # the optional extra is absent: the standard library is always there
-    _HAVE_ORJSON = False
+        _HAVE_ORJSON = True
+    except ImportError:  # the optional extra is absent: the standard library is always there
+        pass
 
 
 def _std_dumps(obj: Any) -> str:
