@@ -114,6 +114,16 @@ def test_json_create_retrieve_input_items_and_delete(client):
         client.responses.delete(created.id)
 
 
+def test_unstored_responses_are_not_retrievable(client):
+    unstored = client.responses.create(model=MODEL, input="x", store=False)
+    assert unstored.status == "completed"
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(unstored.id)
+    with pytest.raises(openai.BadRequestError) as chained:
+        client.responses.create(model=MODEL, input="y", previous_response_id=unstored.id)
+    assert chained.value.code == "previous_response_not_found"
+
+
 def test_http_continuation_matches_the_replayed_conversation(client):
     first = client.responses.create(model=MODEL, input="first")
     second = client.responses.create(model=MODEL, input="second", previous_response_id=first.id)
