@@ -19,6 +19,7 @@ import select
 import socket
 import ssl
 import struct
+import threading
 import time
 from collections.abc import Mapping
 from typing import Any, Optional, Union
@@ -177,8 +178,25 @@ class Connection:
 
         started = time.monotonic()
         ws = websocket.WebSocket(sslopt=sslopt, enable_multithread=True)
+        # websocket-client applies connect_timeout to each socket operation; the watchdog
+        # bounds the whole upgrade, so a server that trickles its answer cannot stretch it.
+        watchdog = _HandshakeWatchdog(ws, config.connect_timeout)
         try:
-            ws.connect(url, **options)  # type: ignore[no-untyped-call]
+            try:
+                ws.connect(url, **options)  # type: ignore[no-untyped-call]
+            except Exception:
+                if watchdog.stop():
+                    raise _HandshakeDeadlineError from None
+                raise
+            if watchdog.stop():
+                _drop(ws)
+                raise _HandshakeDeadlineError
+            # websocket-client before 1.9.2 reports a redirect it was told not to follow
+            # as a successful connect: refuse it here (nothing was sent to its target).
+            redirect = _redirect_status(ws)
+            if redirect is not None:
+                _drop(ws)
+                raise _redirect_error(redirect[0], redirect[1], shown)
         except websocket.WebSocketBadStatusException as exc:
             # Everything useful (status, body, headers) is copied into the error; the original
             # text is dropped because it quotes every response header, cookies included.
@@ -200,9 +218,9 @@ class Connection:
         except websocket.WebSocketProxyException as exc:
             raise APIConnectionError(f"the proxy refused the connection to {shown}: {exc}") from exc
         except websocket.WebSocketException as exc:
-            response = ws.handshake_response
-            if response is not None and response.status in _REDIRECT_STATUSES:
-                raise _redirect_error(response.status, response.headers or {}, shown) from None
+            redirect = _redirect_status(ws)
+            if redirect is not None:
+                raise _redirect_error(redirect[0], redirect[1], shown) from None
             raise ProtocolError(f"the WebSocket upgrade with {shown} failed: {exc}") from exc
         except OSError as exc:
             reason = exc.strerror or str(exc) or type(exc).__name__
@@ -467,6 +485,62 @@ class Connection:
             return f"connection #{self.id} is closed"
         detail = f": {self._close_reason}" if self._close_reason else ""
         return f"the server closed connection #{self.id} (close code {self.close_code}{detail})"
+
+
+class _HandshakeDeadlineError(TimeoutError):
+    """The whole upgrade outlived connect_timeout (mapped to ``APITimeoutError``)."""
+
+
+class _HandshakeWatchdog:
+    """Shuts the socket down when an upgrade outlives its deadline.
+
+    The socket exists only once TCP, the proxy tunnel and TLS are done (each step bounded
+    by connect_timeout on its own); until then the watchdog looks again every few
+    milliseconds, and it cuts the upgrade the moment there is a socket to cut.
+    """
+
+    _RECHECK = 0.02
+
+    def __init__(self, ws: websocket.WebSocket, seconds: float) -> None:
+        self._ws = ws
+        self._lock = threading.Lock()
+        self._stopped = False
+        self._expired = False
+        self._arm(seconds)
+
+    def _arm(self, seconds: float) -> None:
+        timer = threading.Timer(seconds, self._expire)
+        timer.daemon = True
+        timer.name = "oaiws-handshake-deadline"
+        self._timer = timer
+        timer.start()
+
+    def _expire(self) -> None:
+        with self._lock:
+            if self._stopped:
+                return
+            self._expired = True
+            sock = self._ws.sock
+            if sock is None:
+                self._arm(self._RECHECK)
+                return
+        with contextlib.suppress(OSError):
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+    def stop(self) -> bool:
+        """Disarm; True when the deadline had passed (the upgrade must be refused)."""
+        with self._lock:
+            self._stopped = True
+            self._timer.cancel()
+            return self._expired
+
+
+def _redirect_status(ws: websocket.WebSocket) -> Optional[tuple[int, Mapping[str, str]]]:
+    response: Any = getattr(ws, "handshake_response", None)
+    status = getattr(response, "status", None)
+    if status in _REDIRECT_STATUSES:
+        return int(status), getattr(response, "headers", None) or {}
+    return None
 
 
 def _drop(ws: websocket.WebSocket) -> None:
