@@ -14,6 +14,13 @@ import typing
 from collections.abc import Iterator
 from typing import Any, Optional
 
+import pytest
+
+from .conftest import OPENAI_MISSING
+
+# Every test module that imports this one is skipped, with the reason, where the SDK is absent.
+pytest.importorskip("openai.lib.responses_websocket", reason=OPENAI_MISSING)
+
 import openai
 import pydantic
 from openai.types.responses import (

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import time
 
-import pydantic
 import pytest
-from openai.types.responses import Response, ResponseStreamEvent
 
 from oaiws.testing import expected_text
 
-from .conftest import final, text_of
+from .conftest import OPENAI_MISSING, final, text_of
 
 TEXT_TURN = [
     "response.created",
@@ -51,6 +49,8 @@ def test_sequence_numbers_restart_for_each_response(connect):
 
 
 def test_events_and_responses_parse_as_the_official_sdk_types(connect):
+    pydantic = pytest.importorskip("pydantic", reason=OPENAI_MISSING)
+    sdk_types = pytest.importorskip("openai.types.responses", reason=OPENAI_MISSING)
     tools = [
         {
             "type": "function",
@@ -60,11 +60,11 @@ def test_events_and_responses_parse_as_the_official_sdk_types(connect):
     ]
     events = connect().run(input="please lookup this", tools=tools)
     events += connect().run(input="hi", max_output_tokens=2)
-    adapter = pydantic.TypeAdapter(ResponseStreamEvent)
+    adapter = pydantic.TypeAdapter(sdk_types.ResponseStreamEvent)
     for event in events:
         parsed = adapter.validate_python(event)
         assert parsed.type == event["type"]
-    Response.model_validate(final(events))
+    sdk_types.Response.model_validate(final(events))
 
 
 def test_text_is_the_documented_deterministic_function(connect):

@@ -11,8 +11,13 @@ from __future__ import annotations
 import json
 import threading
 
-import openai
 import pytest
+
+from .conftest import OPENAI_MISSING
+
+pytest.importorskip("openai.lib.responses_websocket", reason=OPENAI_MISSING)
+
+import openai
 import websockets
 from openai.lib.responses_websocket import (
     ResponsesWebSocketError,

@@ -6,8 +6,13 @@ from __future__ import annotations
 
 import json
 
-import openai
 import pytest
+
+from .conftest import OPENAI_MISSING
+
+pytest.importorskip("openai.lib.responses_websocket", reason=OPENAI_MISSING)
+
+import openai
 from openai.types.responses import (
     Response,
     ResponseCompletedEvent,
