@@ -178,3 +178,15 @@ def test_a_dead_proxy_is_a_connection_error_not_a_direct_connection(
     with pytest.raises(oaiws.APIConnectionError):
         _ask(client)
     assert oaiws_emulator.stats()["handshakes"] == 0, "never fell back to a direct connection"
+
+
+def test_no_proxy_bypasses_the_proxy_option_too(
+    oaiws_emulator: Emulator,
+    proxy: ConnectProxy,
+    client_for: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("NO_PROXY", "127.0.0.0/8")
+    client = client_for(oaiws_emulator, proxy=proxy.url, max_retries=0)
+    assert _ask(client).status == "completed"
+    assert proxy.targets() == [], "a CIDR range in NO_PROXY names the host: no tunnel"
