@@ -1,0 +1,91 @@
+"""The benchmark keeps running: ``python -m benchmarks --quick`` covers every contender and
+every scenario, prints its tables and writes its JSON.
+
+Nothing here asserts a performance ratio (they are noisy on a shared machine); only that the
+figures are complete and sane, and one correctness property: in the many-threads scenario
+oaiws never opens more connections than its pool allows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CONTENDERS = ("raw_kept", "raw_fresh", "sdk_ws_fresh", "sdk_ws_kept", "sdk_http", "oaiws")
+
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict]:
+    path = tmp_path_factory.mktemp("bench") / "quick.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "--json", str(path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=280,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout, json.loads(path.read_text())
+
+
+def test_the_table_names_every_scenario_contender_and_target(quick_run):
+    out, _ = quick_run
+    for key in "abcde":
+        assert f"\n({key}) " in out
+    for label in ("raw websocket-client, kept", "openai connect() per request", "oaiws"):
+        assert label in out
+    assert "targets" in out and "x floor" in out
+
+
+def test_the_json_has_every_contender_in_every_scenario(quick_run):
+    _, figures = quick_run
+    scenarios = figures["scenarios"]
+    assert set(scenarios) == set("abcde")
+    for length in ("short", "long"):
+        rows = scenarios["a"]["lengths"][length]["contenders"]
+        assert set(rows) == set(CONTENDERS)
+        for name, row in rows.items():
+            if name not in scenarios["a"]["failures"]:
+                assert row["median_ms"] > 0 and row["p99_ms"] >= row["median_ms"]
+        assert rows["raw_kept"]["ratio_median"] == 1.0
+    assert set(scenarios["b"]["contenders"]) == set(CONTENDERS)
+    for row in scenarios["b"]["contenders"].values():
+        assert row["throughput_rps"] > 0
+    for row in scenarios["c"]["contenders"].values():
+        assert row["total_ms"] > row["import_ms"] > 0
+    assert set(scenarios["c"]["contenders"]) == set(CONTENDERS)
+    assert set(scenarios["d"]["contenders"]) == {"oaiws_conversation", "naive_pool", "openai_http"}
+    for backend in ("orjson", "json"):
+        cpu = scenarios["e"]["cpu"][backend]
+        assert set(cpu["us_per_event"]) == set(CONTENDERS)
+        assert all(us > 0 for us in cpu["us_per_event"].values())
+        assert scenarios["e"]["memory"][backend]["oaiws"] is not None
+    assert figures["targets"] and all("holds" in target for target in figures["targets"])
+
+
+def test_oaiws_never_opens_more_connections_than_its_pool(quick_run):
+    _, figures = quick_run
+    many = figures["scenarios"]["b"]
+    size = many["pool_size"]
+    assert many["contenders"]["oaiws"]["handshakes"] <= size
+    assert all(opened <= size for opened in many["oaiws_pool_connections_opened"])
+    # ... while the floor's threads each kept their own connection, as designed.
+    assert many["contenders"]["raw_kept"]["handshakes"] == size
+
+
+def test_oaiws_json_forces_the_standard_library_backend():
+    code = "from oaiws import _json; print(_json.BACKEND)"
+    env = {**os.environ, "OAIWS_JSON": "json"}
+    forced = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert forced.stdout.strip() == "json"
