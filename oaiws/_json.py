@@ -32,6 +32,11 @@ def _std_dumps(obj: Any) -> str:
 
 
 def _std_loads(data: Union[str, bytes, bytearray]) -> Any:
+    if not isinstance(data, str):
+        # Strict UTF-8, in C: a frame's bytes are not checked anywhere else (the connection
+        # skips websocket-client's slow check), and json.loads(bytes) would also accept UTF-16
+        # and encoded surrogates. UnicodeDecodeError is a ValueError, like a JSON error.
+        data = data.decode("utf-8")
     return json.loads(data)
 
 
@@ -41,6 +46,7 @@ def _orjson_dumps(obj: Any) -> str:
 
 
 def _orjson_loads(data: Union[str, bytes, bytearray]) -> Any:
+    # orjson rejects invalid UTF-8 (and lone surrogates) itself.
     return orjson.loads(data)
 
 
