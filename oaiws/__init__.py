@@ -7,7 +7,7 @@ from ._client import Client
 from ._events import Event, Response
 from ._stream import ResponseStream
 from ._version import __version__
-from .conversation import Conversation, ConversationBusyError
+from .conversation import Conversation
 from .errors import (
     APIConnectionError,
     APIError,
@@ -19,6 +19,7 @@ from .errors import (
     ConfigurationError,
     ConflictError,
     ConnectionLimitReachedError,
+    ConversationBusyError,
     InternalServerError,
     NotFoundError,
     OAIWSError,

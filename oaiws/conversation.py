@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Optional, Union
 
 from ._stream import ResponseStream, build_payload, collect_response
-from .errors import ConfigurationError, OAIWSError
+from .errors import ConfigurationError, ConversationBusyError
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -50,15 +50,6 @@ _MANAGED_FIELDS = {
 
 # A response the chain may continue from; a failed one is not part of the conversation.
 _KEPT_STATUSES = ("completed", "incomplete")
-
-
-class ConversationBusyError(OAIWSError, RuntimeError):
-    """A ``Conversation`` was used by a second thread while a turn was in progress.
-
-    A conversation is a chain: each turn continues from the previous one, so two turns at
-    once would fork it. Use one conversation per thread (many conversations may share one
-    client), or serialise the turns yourself.
-    """
 
 
 class Conversation:

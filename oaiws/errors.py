@@ -8,6 +8,7 @@ Hierarchy::
     OAIWSError
     ├── ConfigurationError                 bad options or arguments, raised before any I/O
     ├── ClientClosedError                  the Client was closed; create a new one
+    ├── ConversationBusyError              a Conversation used by two threads at once
     └── APIError
         ├── APIConnectionError             the network failed (refused, reset, closed)
         │   ├── APITimeoutError            a deadline passed (handshake, silence, total)
@@ -50,6 +51,7 @@ __all__ = [
     "ConfigurationError",
     "ConflictError",
     "ConnectionLimitReachedError",
+    "ConversationBusyError",
     "InternalServerError",
     "NotFoundError",
     "OAIWSError",
@@ -81,6 +83,15 @@ class ConfigurationError(OAIWSError, ValueError):
 
 class ClientClosedError(OAIWSError, RuntimeError):
     """The ``Client`` (and its pool) was closed; create a new ``oaiws.Client``."""
+
+
+class ConversationBusyError(OAIWSError, RuntimeError):
+    """A ``Conversation`` was used by a second thread while a turn was in progress.
+
+    A conversation is a chain: each turn continues from the previous one, so two turns at
+    once would fork it. Use one conversation per thread (many conversations may share one
+    client), or serialise the turns yourself.
+    """
 
 
 class APIError(OAIWSError):
