@@ -115,9 +115,7 @@ def main(argv: Any = None) -> int:
     print(row("raw websocket-client", raw_times))
     print(f"ratio (median)         {ratio:.3f}x   (target <= 1.10x, goal 1.05x)")
     print(f"ratio (p99)            {p99_ratio:.3f}x")
-    print(
-        f"client handshakes: {stats['connections_opened']}, requests: {stats['checkouts']}"
-    )
+    print(f"client handshakes: {stats['connections_opened']}, requests: {stats['checkouts']}")
     return 0 if ratio <= 1.10 else 1
 
 
