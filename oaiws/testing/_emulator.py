@@ -11,11 +11,11 @@ import ssl
 import tempfile
 import threading
 import time
-from types import TracebackType
 from typing import Any, Optional, Union
 
 from oaiws.errors import ConfigurationError
 
+from ._base import EmulatorBase
 from ._engine import ServerContext
 from ._faults import Fault, FaultQueue
 from ._options import DEFAULT_API_KEY, EmulatorOptions
@@ -29,11 +29,7 @@ STOP_TIMEOUT = 10.0
 SHUTDOWN_GRACE = 0.5
 
 
-def url_host(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
-
-
-class Emulator:
+class Emulator(EmulatorBase):
     """The Responses API WebSocket protocol, served from a thread of this process.
 
     ``start()`` binds (port 0 picks a free port) and returns once the server accepts
@@ -99,38 +95,6 @@ class Emulator:
     # -- addresses -----------------------------------------------------------------------------
 
     @property
-    def options(self) -> EmulatorOptions:
-        return self._options
-
-    @property
-    def api_key(self) -> str:
-        return self._options.api_key
-
-    @property
-    def host(self) -> str:
-        return self._options.host
-
-    @property
-    def port(self) -> int:
-        return self._port
-
-    @property
-    def base_url(self) -> str:
-        scheme = "https" if self._options.tls else "http"
-        return f"{scheme}://{url_host(self.host)}:{self._port}/v1"
-
-    @property
-    def websocket_url(self) -> str:
-        scheme = "wss" if self._options.tls else "ws"
-        return f"{scheme}://{url_host(self.host)}:{self._port}/v1/responses"
-
-    @property
-    def ca_path(self) -> Optional[str]:
-        """The certificate a client should trust (tls=True), else None. With your own
-        ``certfile``, that file (it holds the chain) is returned."""
-        return self._ca_path
-
-    @property
     def running(self) -> bool:
         return self._thread is not None
 
@@ -190,17 +154,6 @@ class Emulator:
             self._app = self._runner = None
             self._cleanup_tls()
             logger.info("emulator on port %s stopped", self._port)
-
-    def __enter__(self) -> Emulator:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: Optional[type[BaseException]],
-        exc: Optional[BaseException],
-        tb: Optional[TracebackType],
-    ) -> None:
-        self.stop()
 
     def _ssl_context(self) -> Optional[ssl.SSLContext]:
         options = self._options

@@ -18,13 +18,12 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from types import TracebackType
 from typing import Any, Optional, Union
 from urllib.parse import urlsplit
 
 from oaiws.errors import ConfigurationError
 
-from ._emulator import url_host
+from ._base import EmulatorBase
 from ._faults import Fault
 from ._options import API_KEY_ENV, DEFAULT_API_KEY, EmulatorOptions
 
@@ -35,7 +34,7 @@ STOP_TIMEOUT = 10.0
 ADMIN_TIMEOUT = 10.0
 
 
-class EmulatorProcess:
+class EmulatorProcess(EmulatorBase):
     """The same attributes and methods as :class:`Emulator`, served by a child process."""
 
     def __init__(
@@ -82,38 +81,8 @@ class EmulatorProcess:
         self._lock = threading.Lock()
 
     @property
-    def options(self) -> EmulatorOptions:
-        return self._options
-
-    @property
-    def api_key(self) -> str:
-        return self._options.api_key
-
-    @property
-    def host(self) -> str:
-        return self._options.host
-
-    @property
-    def port(self) -> int:
-        return self._port
-
-    @property
     def pid(self) -> Optional[int]:
         return self._process.pid if self._process is not None else None
-
-    @property
-    def base_url(self) -> str:
-        scheme = "https" if self._options.tls else "http"
-        return f"{scheme}://{url_host(self.host)}:{self._port}/v1"
-
-    @property
-    def websocket_url(self) -> str:
-        scheme = "wss" if self._options.tls else "ws"
-        return f"{scheme}://{url_host(self.host)}:{self._port}/v1/responses"
-
-    @property
-    def ca_path(self) -> Optional[str]:
-        return self._ca_path
 
     @property
     def running(self) -> bool:
@@ -163,17 +132,6 @@ class EmulatorProcess:
             if process is not None:
                 _terminate(process)
             self._ca_path = None
-
-    def __enter__(self) -> EmulatorProcess:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: Optional[type[BaseException]],
-        exc: Optional[BaseException],
-        tb: Optional[TracebackType],
-    ) -> None:
-        self.stop()
 
     def __del__(self) -> None:
         # Last resort for a forgotten process; stdin EOF covers a parent that dies outright.
