@@ -48,6 +48,10 @@ _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 # after which the cache holds nothing we can continue from (PROTOCOL.md section 4).
 _CACHING_EVENTS = frozenset({"response.completed", "response.incomplete", "response.done"})
 _EVICTING_EVENTS = frozenset({"response.failed", "error"})
+# Either of them: the one set lookup every text frame pays before any tracking work.
+_TRACKED_EVENTS = _CACHING_EVENTS | _EVICTING_EVENTS
+
+_TEXT = ABNF.OPCODE_TEXT
 
 # Sending a close frame is a courtesy; it must never hold a request thread for long. A frame
 # of a few bytes fits any send buffer at once unless the peer stopped reading entirely.
@@ -138,6 +142,10 @@ class Connection:
         self._last_sent_at = now
         self._ping_sent_at: Optional[float] = None
         self._close_reason = ""
+        # The timeout last given to the socket: every frame of a response is read with the
+        # same one, and setting it again costs two calls per frame for nothing.
+        self._timeout_set: Optional[float] = None
+        self._poller: Optional[Any] = None  # select.poll() registered with the socket, reused
 
     # -- opening -----------------------------------------------------------------------
 
@@ -267,14 +275,15 @@ class Connection:
         if self._closed:
             raise APIConnectionError(self._closed_message())
         try:
-            text = _json.dumps(payload)
+            # UTF-8 bytes straight from the encoder: a str would only be encoded again.
+            encoded = _json.dumpb(payload)
         except (TypeError, ValueError) as exc:
             raise ConfigurationError(f"the request cannot be encoded as JSON: {exc}") from exc
         try:
             # connect_timeout bounds a send: a peer that has not taken bytes for that long
             # is gone, whatever the size of the request.
-            self._ws.settimeout(self._config.connect_timeout)
-            self._ws.send(text)
+            self._set_timeout(self._config.connect_timeout)
+            self._ws.send(encoded, ABNF.OPCODE_TEXT)
         except _TIMEOUT_ERRORS as exc:
             self._mark_dead()
             raise APITimeoutError(
@@ -300,24 +309,27 @@ class Connection:
         """
         if self._closed:
             raise APIConnectionError(self._closed_message())
-        deadline = time.monotonic() + timeout
+        # The hot path of every event: a text frame read with the timeout already set, one
+        # clock read on each side, and tracking only for the few types that need it.
+        started = time.monotonic()
+        limit = timeout
         while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise APITimeoutError(
-                    f"no event from the server on connection #{self.id} for {timeout:g}s"
-                )
-            opcode, data = self._recv_frame(remaining, timeout)
-            if opcode == ABNF.OPCODE_TEXT:
-                self.last_used_at = self._last_frame_at
+            opcode, data = self._recv_frame(limit, timeout)
+            now = self._last_frame_at = time.monotonic()
+            if opcode == _TEXT:
+                self.last_used_at = now
                 try:
                     decoded = _json.loads(data)
                 except ValueError:
                     raise ProtocolError(
                         f"the server sent a text frame that is not JSON on connection #{self.id}"
                     ) from None
-                self._track_response(decoded)
+                if decoded.__class__ is dict:
+                    kind = decoded.get("type")
+                    if kind.__class__ is str and kind in _TRACKED_EVENTS:
+                        self._track_response(decoded)
                 return decoded
+            self._on_control_frame(opcode, data)
             if opcode == ABNF.OPCODE_BINARY:
                 raise ProtocolError(
                     f"the server sent a binary frame on connection #{self.id}; "
@@ -325,11 +337,24 @@ class Connection:
                 )
             if opcode == ABNF.OPCODE_CLOSE:
                 raise APIConnectionError(self._closed_message())
-            # ping (already answered by websocket-client) or pong: keep waiting
+            # ping (already answered by websocket-client) or pong: keep waiting, for what is
+            # left of the same silence
+            limit = timeout - (now - started)
+            if limit <= 0:
+                raise APITimeoutError(
+                    f"no event from the server on connection #{self.id} for {timeout:g}s"
+                )
 
-    def _recv_frame(self, remaining: float, timeout: float) -> tuple[int, bytes]:
+    def _set_timeout(self, seconds: float) -> None:
+        if seconds != self._timeout_set:
+            self._ws.settimeout(seconds)
+            self._timeout_set = seconds
+
+    def _recv_frame(self, limit: float, timeout: float) -> tuple[int, bytes]:
         try:
-            self._ws.settimeout(remaining)
+            if limit != self._timeout_set:
+                self._ws.settimeout(limit)
+                self._timeout_set = limit
             opcode, frame = self._ws.recv_data_frame(control_frame=True)
         except _TIMEOUT_ERRORS as exc:
             raise APITimeoutError(
@@ -341,11 +366,13 @@ class Connection:
         except (websocket.WebSocketException, OSError) as exc:
             self._mark_dead()
             raise APIConnectionError(f"connection #{self.id} was lost: {_describe(exc)}") from exc
-        self._on_frame(opcode, frame.data)
         return opcode, frame.data
 
     def _on_frame(self, opcode: int, data: bytes) -> None:
         self._last_frame_at = time.monotonic()
+        self._on_control_frame(opcode, data)
+
+    def _on_control_frame(self, opcode: int, data: bytes) -> None:
         if opcode == ABNF.OPCODE_PONG:
             self._ping_sent_at = None
         elif opcode == ABNF.OPCODE_CLOSE:
@@ -379,7 +406,7 @@ class Connection:
             return False
         try:
             while self._readable():
-                self._ws.settimeout(_DRAIN_TIMEOUT)
+                self._set_timeout(_DRAIN_TIMEOUT)
                 try:
                     opcode, frame = self._ws.recv_data_frame(control_frame=True)
                 except _TIMEOUT_ERRORS:
@@ -416,7 +443,7 @@ class Connection:
             return True
         quiet_since = max(self._last_frame_at, self._last_sent_at)
         if now - quiet_since >= interval:
-            self._ws.settimeout(_CLOSE_SEND_TIMEOUT)
+            self._set_timeout(_CLOSE_SEND_TIMEOUT)
             self._ws.ping()
             self._ping_sent_at = now
             self._last_sent_at = now
@@ -429,8 +456,11 @@ class Connection:
         if isinstance(sock, ssl.SSLSocket) and sock.pending():
             return True  # decrypted bytes already buffered inside the TLS layer
         if hasattr(select, "poll"):
-            poller = select.poll()
-            poller.register(sock, select.POLLIN)
+            # Built once: every checkout of an idle connection polls it.
+            poller = self._poller
+            if poller is None:
+                poller = self._poller = select.poll()
+                poller.register(sock, select.POLLIN)
             return bool(poller.poll(0))
         readable, _, _ = select.select([sock], [], [], 0)
         return bool(readable)
@@ -451,6 +481,7 @@ class Connection:
             return
         try:
             if ws.connected:
+                self._timeout_set = None
                 sock.settimeout(_CLOSE_SEND_TIMEOUT)
                 ws.send_close(websocket.STATUS_NORMAL)
         except (websocket.WebSocketException, OSError):
