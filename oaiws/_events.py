@@ -112,6 +112,8 @@ class Event(Fields):
             fields = ", ".join(sorted(self._data))
             message = f"{self.type!r} event has no field {name!r} (fields: {fields})"
             raise AttributeError(message) from None
+        if value.__class__ is str:
+            return value  # event.delta, the most read field: nothing to wrap
         return _wrap(value, name)
 
     def __repr__(self) -> str:
