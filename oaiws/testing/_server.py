@@ -331,9 +331,18 @@ class _SseSink(_HttpSink):
         except (ConnectionError, RuntimeError) as exc:
             raise ConnectionAborted from exc
 
-    async def send_event(self, event: dict[str, Any]) -> None:
-        await self._write(f"event: {event['type']}\ndata: {json.dumps(event)}\n\n".encode())
+    async def _counted(self, data: bytes) -> None:
+        # Counted before the bytes leave, so a client that has read them also sees them in
+        # stats(); taken back when the connection refused them.
         self.stats.add("events_sent")
+        try:
+            await self._write(data)
+        except BaseException:
+            self.stats.add("events_sent", -1)
+            raise
+
+    async def send_event(self, event: dict[str, Any]) -> None:
+        await self._counted(f"event: {event['type']}\ndata: {json.dumps(event)}\n\n".encode())
 
     async def send_error(self, error: RequestError, sequence_number: int) -> None:
         if self.response is None:
@@ -343,13 +352,11 @@ class _SseSink(_HttpSink):
         await self.send_event(error.sse_event(sequence_number))
 
     async def send_malformed(self) -> None:
-        await self._write(b'event: response.created\ndata: {"type": "response.created", "resp\n\n')
-        self.stats.add("events_sent")
+        await self._counted(b'event: response.created\ndata: {"type": "response.created", "r\n\n')
 
     async def send_binary(self) -> None:
         # SSE has no binary frames; undecodable bytes are the nearest equivalent.
-        await self._write(b"event: response.created\ndata: \xff\xfe\x00\x01\n\n")
-        self.stats.add("events_sent")
+        await self._counted(b"event: response.created\ndata: \xff\xfe\x00\x01\n\n")
 
     def after_abort(self) -> web.StreamResponse:
         if self.response is None:

@@ -8,6 +8,7 @@ import json
 import logging
 import time
 from collections import deque
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -328,9 +329,19 @@ class _WebSocketSink:
         self.session = session
         self.stream_id = stream_id
 
+    async def _counted(self, sending: Awaitable[None]) -> None:
+        # Counted before the frame leaves, so a client that has read it also sees it in
+        # stats(); taken back when the socket refused it.
+        stats = self.session.ctx.stats
+        stats.add("events_sent")
+        try:
+            await sending
+        except BaseException:
+            stats.add("events_sent", -1)
+            raise
+
     async def send_event(self, event: dict[str, Any]) -> None:
-        await self.session.send_text(json.dumps(event))
-        self.session.ctx.stats.add("events_sent")
+        await self._counted(self.session.send_text(json.dumps(event)))
 
     async def send_error(self, error: RequestError, sequence_number: int) -> None:
         event = error.websocket_event(self.stream_id)
@@ -339,10 +350,12 @@ class _WebSocketSink:
         await self.send_event(event)
 
     async def send_malformed(self) -> None:
-        await self.session.send_text('{"type": "response.created", "response": {')
-        self.session.ctx.stats.add("events_sent")
+        await self._counted(self.session.send_text('{"type": "response.created", "response": {'))
 
     async def send_binary(self) -> None:
+        await self._counted(self._send_binary())
+
+    async def _send_binary(self) -> None:
         if self.session.closing:
             raise ConnectionAborted
         try:
@@ -350,7 +363,6 @@ class _WebSocketSink:
                 await self.session.ws.send_bytes(b"\x00\x01oaiws-emulator-binary-frame")
         except Exception as exc:
             raise ConnectionAborted from exc
-        self.session.ctx.stats.add("events_sent")
 
     async def abort(self, close_code: Optional[int]) -> None:
         self.session.close_soon(close_code, "fault injected")
