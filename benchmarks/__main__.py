@@ -110,6 +110,14 @@ def _parser() -> argparse.ArgumentParser:
         "loopback only, which flatters the contenders that open connections",
     )
     parser.add_argument(
+        "--switch-interval",
+        type=float,
+        metavar="SECONDS",
+        help="sys.setswitchinterval() for the client process, the same for every contender "
+        "(Python's default is 0.005); threads that hand connections to each other wait up to "
+        "this long for the GIL, which (b) shows",
+    )
+    parser.add_argument(
         "--json",
         type=Path,
         default=DEFAULT_JSON,
@@ -159,13 +167,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     if unknown:
         _parser().error(f"unknown scenario(s) {', '.join(unknown)}; choose from a,b,c,d,e")
     settings = _settings(args)
+    if args.switch_interval is not None:
+        sys.setswitchinterval(args.switch_interval)
     command = "python -m benchmarks" + (" " + " ".join(argv) if argv else "")
     if argv is None:
         command = "python -m benchmarks " + " ".join(sys.argv[1:])
     header = (
         f"oaiws {oaiws.__version__} benchmarks; python {platform.python_version()} on "
         f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs; JSON {_json.BACKEND}; "
-        f"TLS on; handshake delay {settings.handshake_delay_ms:g} ms"
+        f"TLS on; handshake delay {settings.handshake_delay_ms:g} ms; "
+        f"switch interval {sys.getswitchinterval() * 1000:g} ms"
     )
     print(header)
     print(f"command: {command.strip()}")
