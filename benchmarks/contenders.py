@@ -384,6 +384,22 @@ def attempt(
         return None
 
 
+def first_answer(
+    contender: Contender, fields: dict[str, Any], failures: dict[str, list[str]], tries: int = 3
+) -> tuple[int, str]:
+    """The first answer of a contender, tried up to ``tries`` times: the SDK's WebSocket
+    transport now and then stalls in its upgrade (see SDKWebSocketKept), and one stall must
+    not end the whole run. Every failure is recorded; the last one is raised."""
+    for attempt_number in range(1, tries + 1):
+        try:
+            return contender.request(fields)
+        except Exception as error:
+            failures.setdefault(contender.name, []).append(f"{type(error).__name__}: {error}")
+            if attempt_number == tries:
+                raise
+    raise AssertionError("unreachable: tries must be at least 1")
+
+
 def make(name: str, target: Target, **options: Any) -> Contender:
     """A contender by name; ``options`` are oaiws ``Client`` options (others ignore them)."""
     if name == "raw_kept":

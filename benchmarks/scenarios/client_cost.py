@@ -93,7 +93,7 @@ def _memory_child(target: C.Target, name: str, count: int) -> dict[str, Any]:
     from oaiws import _json  # noqa: PLC0415
 
     warm = C.make(name, target, max_connections=1)
-    warm.request(C.fields(1, "memory"))
+    C.first_answer(warm, C.fields(1, "memory"), {})
     gc.collect()
     before = _rss_bytes()
     options = {"max_connections": count, "min_connections": count} if name == "oaiws" else {}
