@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import hmac
 import json
 import logging
-from typing import Any, Optional
+from collections.abc import Awaitable
+from typing import Any, Callable, Optional
 
 from aiohttp import web
 
@@ -386,36 +388,47 @@ def _not_found(response_id: str) -> web.Response:
     )
 
 
-async def _retrieve(request: web.Request) -> web.StreamResponse:
-    ctx = _ctx(request)
-    ctx.stats.add("http_requests")
-    refusal = _authorized(request)
-    if refusal is not None:
-        return refusal
-    response_id = request.match_info["response_id"]
+_StoredHandler = Callable[[web.Request, ServerContext, str], Awaitable[web.StreamResponse]]
+
+
+def _stored_response_endpoint(
+    handler: _StoredHandler,
+) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """The REST endpoints on ``/v1/responses/{id}``: counted, authenticated, then handled."""
+
+    @functools.wraps(handler)
+    async def endpoint(request: web.Request) -> web.StreamResponse:
+        ctx = _ctx(request)
+        ctx.stats.add("http_requests")
+        refusal = _authorized(request)
+        if refusal is not None:
+            return refusal
+        return await handler(request, ctx, request.match_info["response_id"])
+
+    return endpoint
+
+
+@_stored_response_endpoint
+async def _retrieve(
+    request: web.Request, ctx: ServerContext, response_id: str
+) -> web.StreamResponse:
     stored = ctx.store.response(response_id)
     return _not_found(response_id) if stored is None else web.json_response(stored)
 
 
-async def _delete(request: web.Request) -> web.StreamResponse:
-    ctx = _ctx(request)
-    ctx.stats.add("http_requests")
-    refusal = _authorized(request)
-    if refusal is not None:
-        return refusal
-    response_id = request.match_info["response_id"]
+@_stored_response_endpoint
+async def _delete(
+    request: web.Request, ctx: ServerContext, response_id: str
+) -> web.StreamResponse:
     if not ctx.store.delete(response_id):
         return _not_found(response_id)
     return web.json_response({"id": response_id, "object": "response.deleted", "deleted": True})
 
 
-async def _input_items(request: web.Request) -> web.StreamResponse:
-    ctx = _ctx(request)
-    ctx.stats.add("http_requests")
-    refusal = _authorized(request)
-    if refusal is not None:
-        return refusal
-    response_id = request.match_info["response_id"]
+@_stored_response_endpoint
+async def _input_items(
+    request: web.Request, ctx: ServerContext, response_id: str
+) -> web.StreamResponse:
     items = ctx.store.input_items(response_id)
     if items is None:
         return _not_found(response_id)
