@@ -170,28 +170,43 @@ class _Raw(Contender):
         self._idle = []
 
 
+class _PerThread:
+    """One kept connection per thread, opened on the thread's first use, all closed together."""
+
+    def __init__(self, connect: Callable[[], Any]) -> None:
+        self._connect = connect
+        self._local = threading.local()
+        self._all: list[Any] = []
+        self._lock = threading.Lock()
+
+    def get(self) -> Any:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = self._connect()
+            with self._lock:
+                self._all.append(conn)
+        return conn
+
+    def close(self) -> None:
+        with self._lock:
+            kept, self._all = self._all, []
+        for conn in kept:
+            conn.close()
+
+
 class RawKept(_Raw):
     name = "raw_kept"
 
     def __init__(self, target: Target) -> None:
         super().__init__(target)
-        self._local = threading.local()
-        self._all: list[Any] = []
-        self._lock = threading.Lock()
+        self._kept = _PerThread(self._connect)
 
     def request(self, fields: dict[str, Any]) -> tuple[int, str]:
-        ws = getattr(self._local, "ws", None)
-        if ws is None:
-            ws = self._local.ws = self._connect()
-            with self._lock:
-                self._all.append(ws)
-        return self._exchange(ws, fields)
+        return self._exchange(self._kept.get(), fields)
 
     def close(self) -> None:
         super().close()
-        for ws in self._all:
-            ws.close()
-        self._all = []
+        self._kept.close()
 
 
 class RawFresh(_Raw):
@@ -277,22 +292,13 @@ class SDKWebSocketKept(_SDK):
 
     def __init__(self, target: Target) -> None:
         super().__init__(target)
-        self._local = threading.local()
-        self._all: list[Any] = []
-        self._lock = threading.Lock()
+        self._kept = _PerThread(self._connect)
 
     def request(self, fields: dict[str, Any]) -> tuple[int, str]:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = self._local.conn = self._connect()
-            with self._lock:
-                self._all.append(conn)
-        return self._exchange(conn, fields)
+        return self._exchange(self._kept.get(), fields)
 
     def close(self) -> None:
-        for conn in self._all:
-            conn.close()
-        self._all = []
+        self._kept.close()
         super().close()
 
 
