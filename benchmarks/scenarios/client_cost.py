@@ -208,7 +208,7 @@ def table(figures: dict[str, Any]) -> str:
     for backend in backends:
         lines += failure_lines(figures["cpu"][backend].get("failures", {}))
     for name, stalls in figures.get("memory_connect_stalls", {}).items():
-        lines.append(f"  memory: {name}: {stalls} upgrade(s) stalled and were retried")
+        lines.append(f"  memory: {name}: {stalls} upgrade(s) failed and were retried")
     return "\n".join(lines)
 
 

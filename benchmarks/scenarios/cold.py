@@ -64,21 +64,10 @@ def run(target: Any, settings: Any) -> dict[str, Any]:
     samples: dict[str, dict[str, list[float]]] = {
         name: {"total_ms": [], "import_ms": [], "first_request_ms": []} for name in C.NAMES
     }
+    failures: dict[str, list[str]] = {}
     for turn in range(settings.cold_starts):
         for name in rotated(C.NAMES, turn):
-            spawned = time.monotonic()
-            result = subprocess.run(
-                [sys.executable, "-m", "benchmarks.scenarios.cold", name],
-                cwd=ROOT,
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=120,
-                check=False,
-            )
-            if result.returncode != 0:
-                raise RuntimeError(f"cold start of {name} failed:\n{result.stderr}")
-            child = json.loads(result.stdout.strip().splitlines()[-1])
+            spawned, child = _start(name, env, failures)
             samples[name]["total_ms"].append((child["done"] - spawned) * 1e3)
             samples[name]["import_ms"].append(child["import_ms"])
             samples[name]["first_request_ms"].append(child["first_request_ms"])
@@ -89,11 +78,42 @@ def run(target: Any, settings: Any) -> dict[str, Any]:
     floor = rows[C.NAMES[0]]["total_ms"]
     for row in rows.values():
         row["total_x_floor"] = round(row["total_ms"] / floor, 3)
-    return {"starts": settings.cold_starts, "contenders": rows}
+    return {"starts": settings.cold_starts, "contenders": rows, "failures": failures}
+
+
+def _start(
+    name: str, env: dict[str, str], failures: dict[str, list[str]], tries: int = 3
+) -> tuple[float, dict[str, Any]]:
+    """One cold start of ``name`` in a new process: when it was spawned and what it measured.
+
+    A failed start is recorded and started again, up to ``tries`` times in all: the SDK's
+    WebSocket transport now and then fails its TLS upgrade (see contenders._SDK), and one
+    such failure must be reported, not end the run. A retry is still a cold start, since
+    every attempt is a new process.
+    """
+    for attempt_number in range(1, tries + 1):
+        spawned = time.monotonic()
+        result = subprocess.run(
+            [sys.executable, "-m", "benchmarks.scenarios.cold", name],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        if result.returncode == 0:
+            return spawned, json.loads(result.stdout.strip().splitlines()[-1])
+        last_line = (result.stderr.strip().splitlines() or ["(no output)"])[-1]
+        failures.setdefault(name, []).append(last_line)
+        if attempt_number == tries:
+            raise RuntimeError(f"cold start of {name} failed {tries} times:\n{result.stderr}")
+    raise AssertionError("unreachable: tries must be at least 1")
 
 
 def table(figures: dict[str, Any]) -> str:
     from benchmarks import contenders as C  # noqa: PLC0415
+    from benchmarks.scenarios.common import failure_lines  # noqa: PLC0415
 
     lines = [
         f"new process -> one 20-delta response; median of {figures['starts']} starts each",
@@ -105,6 +125,7 @@ def table(figures: dict[str, Any]) -> str:
             f"  {C.LABELS[name]:<34}{row['total_ms']:>10.1f}{row['total_x_floor']:>8.2f}x"
             f"{row['import_ms']:>11.1f}{row['first_request_ms']:>12.1f}"
         )
+    lines += failure_lines(figures.get("failures", {}))
     return "\n".join(lines)
 
 
