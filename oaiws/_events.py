@@ -120,6 +120,44 @@ class Event(Fields):
         return f"Event({self._data!r})"
 
 
+_SCALARS = frozenset({str, int, float, bool})
+
+
+def _hot_field(name: str) -> property:
+    """A property for a field read on most events, ``event.delta`` above all.
+
+    An attribute that is not on the class is found by ``__getattr__`` only after the normal
+    lookup has raised and caught an ``AttributeError``: about 0.4 us, against 0.07 us for a
+    property, paid on every delta of every stream. Objects, lists and ``None`` (absent, or
+    an explicit null) still go through ``__getattr__``, which wraps them, or raises the
+    error that names the fields.
+    """
+
+    def read(self: Event) -> Any:
+        value = self._data.get(name)
+        if value.__class__ in _SCALARS:
+            return value
+        return self.__getattr__(name)
+
+    return property(read, doc=f"The event's ``{name}`` field.")
+
+
+# Set after the class so that type checkers keep reading these through ``__getattr__`` (Any).
+for _name in (
+    "delta",
+    "item_id",
+    "output_index",
+    "content_index",
+    "sequence_number",
+    "response",
+    "item",
+    "text",
+    "arguments",
+):
+    setattr(Event, _name, _hot_field(_name))
+del _name
+
+
 class Response(Fields):
     """A response of the Responses API, finished or (in ``StreamInterruptedError``) partial.
 

@@ -82,6 +82,26 @@ def test_event_fields_by_attribute_and_key() -> None:
     assert "delta" in event and len(event) == 3
 
 
+def test_the_fields_read_on_every_event_behave_like_any_other_field() -> None:
+    # delta, sequence_number, item and the like are served by properties (they are read on
+    # every event); what they give must not differ from the general attribute path.
+    raw = {
+        "type": "response.output_item.added",
+        "sequence_number": 2,
+        "output_index": 0,
+        "item": {"id": "fc_1", "type": "function_call", "arguments": ""},
+        "text": None,
+        "delta": 1.5,
+    }
+    event = Event(raw)
+    assert event.sequence_number == 2 and event.output_index == 0 and event.delta == 1.5
+    assert event.item.id == "fc_1" and event.item.arguments == ""
+    assert event.text is None  # an explicit null reads as None, like any field
+    assert not hasattr(event, "item_id") and hasattr(event, "text")
+    with pytest.raises(AttributeError, match=r"has no field 'response' \(fields: delta, item"):
+        _ = event.response
+
+
 def test_event_nested_objects_by_attribute() -> None:
     event = Event(
         {"type": "response.completed", "response": {"id": "r", "usage": {"total_tokens": 5}}}
