@@ -364,9 +364,7 @@ def error_from_handshake(
     )
 
 
-def error_from_event(
-    event: Mapping[str, Any], *, response_id: Optional[str] = None
-) -> APIError:
+def error_from_event(event: Mapping[str, Any], *, response_id: Optional[str] = None) -> APIError:
     """Build the exception for an ``error`` event, nested (WebSocket) or flat (SSE) shape.
 
     ``{"type": "error", "status": 429, "error": {"code", "message", "param", "type", "headers"}}``

@@ -417,9 +417,7 @@ async def _retrieve(
 
 
 @_stored_response_endpoint
-async def _delete(
-    request: web.Request, ctx: ServerContext, response_id: str
-) -> web.StreamResponse:
+async def _delete(request: web.Request, ctx: ServerContext, response_id: str) -> web.StreamResponse:
     if not ctx.store.delete(response_id):
         return _not_found(response_id)
     return web.json_response({"id": response_id, "object": "response.deleted", "deleted": True})
