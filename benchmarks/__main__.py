@@ -47,6 +47,7 @@ SCENARIOS = {
 DEFAULT_JSON = ROOT / "benchmarks" / "results" / "latest.json"
 QUICK = {
     "requests": 10,
+    "block": 5,
     "warmup": 2,
     "concurrent_requests": 64,
     "rounds": 1,
@@ -56,6 +57,17 @@ QUICK = {
     "cpu_requests": 3,
     "idle_connections": 10,
 }
+
+
+def _count(text: str) -> int:
+    """A count option: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not at least 1")
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -74,31 +86,37 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--requests",
-        type=int,
+        type=_count,
         help=f"(a) measured requests per contender and length (default {defaults.requests})",
     )
     parser.add_argument(
+        "--block",
+        type=_count,
+        help="(a), (e) consecutive requests of one contender before another's turn; the "
+        f"blocks of each round run in a shuffled order (default {defaults.block})",
+    )
+    parser.add_argument(
         "--concurrent-requests",
-        type=int,
+        type=_count,
         help=f"(b) requests per contender and round (default {defaults.concurrent_requests})",
     )
     parser.add_argument(
-        "--rounds", type=int, help=f"(b) rounds of every contender (default {defaults.rounds})"
+        "--rounds", type=_count, help=f"(b) rounds of every contender (default {defaults.rounds})"
     )
     parser.add_argument(
         "--cold-starts",
-        type=int,
+        type=_count,
         help=f"(c) new processes per contender (default {defaults.cold_starts})",
     )
-    parser.add_argument("--turns", type=int, help=f"(d) turns (default {defaults.turns})")
+    parser.add_argument("--turns", type=_count, help=f"(d) turns (default {defaults.turns})")
     parser.add_argument(
         "--cpu-requests",
-        type=int,
+        type=_count,
         help=f"(e) long responses per contender and backend (default {defaults.cpu_requests})",
     )
     parser.add_argument(
         "--idle-connections",
-        type=int,
+        type=_count,
         help=f"(e) idle connections for the memory figure (default {defaults.idle_connections})",
     )
     parser.add_argument(

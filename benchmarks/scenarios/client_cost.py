@@ -4,12 +4,13 @@ Both are measured in child processes, so that the JSON backend can be chosen per
 (``OAIWS_JSON=json`` forces the standard library; without it oaiws and the raw loops use
 orjson, the ``fast`` extra) and so that one measurement's allocations never blur another's.
 
-CPU: every contender reads ``cpu_requests`` long responses (200 deltas), interleaved with the
-others; ``time.process_time()`` (every thread of the client process: the SDK's reader
-threads and the pool's care thread count too; the emulator runs in another process) is summed
-over its requests and divided by the events it read. The floor, ``raw_kept``, is the bare
-loop: ``ws.recv()`` and ``loads`` and a look at the type, nothing else. Contenders that open a
-connection per request pay its TLS handshake in CPU too.
+CPU: every contender reads ``cpu_requests`` long responses (200 deltas), in shuffled blocks
+of ``block`` consecutive requests (``common.in_blocks``); ``time.process_time()`` (every
+thread of the client process: the SDK's reader threads and the pool's care thread count too;
+the emulator runs in another process) is summed over its requests and divided by the events
+it read. The floor, ``raw_kept``, is the bare loop: ``ws.recv()`` and ``loads`` and a look at
+the type, nothing else. Contenders that open a connection per request pay its TLS handshake
+in CPU too.
 
 Memory: the resident set (``/proc/self/statm``) before and after opening ``idle_connections``
 idle connections, divided by their number. One connection is opened first by a throwaway
@@ -21,7 +22,8 @@ leave behind (glibc keeps finished threads' stacks for reuse). Contenders 2 and 
 idle connection, so they show ``-``.
 
 Child: ``python -m benchmarks.scenarios.client_cost cpu|memory [NAME COUNT]`` with
-``BENCH_TARGET`` and ``BENCH_CPU_REQUESTS`` in the environment; it prints one JSON line.
+``BENCH_TARGET``, ``BENCH_CPU_REQUESTS`` and ``BENCH_BLOCK`` in the environment; it prints one
+JSON line.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import contenders as C  # noqa: E402 - run as a script too
-from benchmarks.scenarios.common import Check, Settings, failure_lines, fmt, rotated  # noqa: E402
+from benchmarks.scenarios.common import Check, Settings, failure_lines, fmt, in_blocks  # noqa: E402
 from benchmarks.stats import ratio  # noqa: E402
 
 BACKENDS = ("orjson", "json")  # with and without the fast extra
@@ -55,7 +57,7 @@ def _rss_bytes() -> Optional[int]:
         return None  # not Linux: no cheap, exact resident set size
 
 
-def _cpu_child(target: C.Target, requests: int) -> dict[str, Any]:
+def _cpu_child(target: C.Target, requests: int, block: int) -> dict[str, Any]:
     from oaiws import _json  # noqa: PLC0415
 
     built = {name: C.make(name, target) for name in C.NAMES}
@@ -68,15 +70,14 @@ def _cpu_child(target: C.Target, requests: int) -> dict[str, Any]:
             for contender in built.values():
                 C.attempt(contender, request, failures)
         gc.collect()
-        for turn in range(requests):
-            for name in rotated(C.NAMES, turn):
-                contender = built[name]
-                started = time.process_time()
-                done = C.attempt(contender, request, failures)
-                spent = time.process_time() - started
-                if done is not None:
-                    cpu[name] += spent
-                    events[name] += done[0]
+        for name in in_blocks(C.NAMES, requests, block):
+            contender = built[name]
+            started = time.process_time()
+            done = C.attempt(contender, request, failures)
+            spent = time.process_time() - started
+            if done is not None:
+                cpu[name] += spent
+                events[name] += done[0]
     finally:
         for contender in built.values():
             contender.close()
@@ -115,8 +116,15 @@ def _memory_child(target: C.Target, name: str, count: int) -> dict[str, Any]:
     }
 
 
-def _spawn(target: C.Target, backend: str, *args: str, cpu_requests: int = 0) -> dict[str, Any]:
-    env = {**os.environ, "BENCH_TARGET": target.to_json(), "BENCH_CPU_REQUESTS": str(cpu_requests)}
+def _spawn(
+    target: C.Target, backend: str, *args: str, cpu_requests: int = 0, block: int = 1
+) -> dict[str, Any]:
+    env = {
+        **os.environ,
+        "BENCH_TARGET": target.to_json(),
+        "BENCH_CPU_REQUESTS": str(cpu_requests),
+        "BENCH_BLOCK": str(block),
+    }
     env.pop("OAIWS_JSON", None)
     if backend == "json":
         env["OAIWS_JSON"] = "json"
@@ -141,13 +149,16 @@ def _spawn(target: C.Target, backend: str, *args: str, cpu_requests: int = 0) ->
 def run(target: C.Target, settings: Settings) -> dict[str, Any]:
     figures: dict[str, Any] = {
         "cpu_requests": settings.cpu_requests,
+        "block": settings.block,
         "deltas": LONG,
         "idle_connections": settings.idle_connections,
         "cpu": {},
         "memory": {},
     }
     for backend in BACKENDS:
-        cpu = _spawn(target, backend, "cpu", cpu_requests=settings.cpu_requests)
+        cpu = _spawn(
+            target, backend, "cpu", cpu_requests=settings.cpu_requests, block=settings.block
+        )
         floor = cpu["us_per_event"][C.NAMES[0]]
         cpu["x_floor"] = {name: ratio(us, floor) for name, us in cpu["us_per_event"].items()}
         figures["cpu"][backend] = cpu
@@ -192,7 +203,8 @@ def table(figures: dict[str, Any]) -> str:
     backends = list(figures["cpu"])
     lines = [
         f"CPU per event: {figures['cpu_requests']} responses of {figures['deltas']} deltas each, "
-        f"interleaved; memory: RSS delta over {figures['idle_connections']} idle connections",
+        f"in shuffled blocks of {figures.get('block', 1)}; "
+        f"memory: RSS delta over {figures['idle_connections']} idle connections",
         f"  {'contender':<34}"
         + "".join(f"{'us/event ' + b:>16}{'x floor':>9}" for b in backends)
         + "".join(f"{'KB/conn ' + b:>15}" for b in backends),
@@ -215,7 +227,8 @@ def table(figures: dict[str, Any]) -> str:
 def _main(argv: list[str]) -> None:
     target = C.Target.from_json(os.environ["BENCH_TARGET"])
     if argv[0] == "cpu":
-        result = _cpu_child(target, int(os.environ["BENCH_CPU_REQUESTS"]))
+        requests = int(os.environ["BENCH_CPU_REQUESTS"])
+        result = _cpu_child(target, requests, int(os.environ.get("BENCH_BLOCK", "1")))
     else:
         result = _memory_child(target, argv[1], int(argv[2]))
     print(json.dumps(result))

@@ -57,7 +57,7 @@ def _child(name: str) -> None:
 
 def run(target: Any, settings: Any) -> dict[str, Any]:
     from benchmarks import contenders as C  # noqa: PLC0415
-    from benchmarks.scenarios.common import rotated  # noqa: PLC0415
+    from benchmarks.scenarios.common import shuffled_rounds  # noqa: PLC0415
     from benchmarks.stats import median  # noqa: PLC0415
 
     env = {**os.environ, "BENCH_TARGET": target.to_json(), "PYTHONDONTWRITEBYTECODE": "1"}
@@ -65,8 +65,8 @@ def run(target: Any, settings: Any) -> dict[str, Any]:
         name: {"total_ms": [], "import_ms": [], "first_request_ms": []} for name in C.NAMES
     }
     failures: dict[str, list[str]] = {}
-    for turn in range(settings.cold_starts):
-        for name in rotated(C.NAMES, turn):
+    for order in shuffled_rounds(C.NAMES, settings.cold_starts):
+        for name in order:
             spawned, child = _start(name, env, failures)
             samples[name]["total_ms"].append((child["done"] - spawned) * 1e3)
             samples[name]["import_ms"].append(child["import_ms"])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -11,6 +13,7 @@ class Settings:
     """One run's knobs (``python -m benchmarks --help`` documents each)."""
 
     requests: int = 200  # (a): requests per contender and length
+    block: int = 10  # (a), (e): consecutive requests of one contender
     warmup: int = 10  # (a): unmeasured requests per contender first
     concurrent_requests: int = 640  # (b): requests over all threads, per contender and round
     threads: int = 32  # (b)
@@ -45,11 +48,38 @@ class Check:
         }
 
 
-def rotated(names: tuple[str, ...], turn: int) -> list[str]:
-    """The contenders in a different order each round, so that drift in the machine (another
-    process waking up, the CPU clocking down) hits each of them equally."""
-    shift = turn % len(names)
-    return list(names[shift:] + names[:shift])
+def shuffled_rounds(names: tuple[str, ...], count: int, seed: int = 0) -> Iterator[list[str]]:
+    """``count`` rounds of the contenders, each in a fresh order (seeded, so runs repeat).
+
+    Drift in the machine (another process waking up, the CPU clocking down) then hits each
+    contender alike, and so does the aftermath of the previous contender's request: over
+    many rounds every contender follows every other one equally often. A fixed rotation
+    keeps the neighbours: each contender always runs right after the same one, and whoever
+    follows a heavy contender pays for its aftermath (measured: oaiws, always right after
+    the SDK over HTTP, read 1.23x the floor, which always ran right after oaiws; 1.08x with
+    the same requests shuffled).
+    """
+    rng = random.Random(seed)
+    for _ in range(count):
+        order = list(names)
+        rng.shuffle(order)
+        yield order
+
+
+def in_blocks(names: tuple[str, ...], requests: int, block: int) -> Iterator[str]:
+    """Which contender runs each request: ``requests`` for each, in blocks of ``block``
+    consecutive requests of one contender, the blocks of every round shuffled.
+
+    A program makes its requests one after another with one library, not alternating
+    between six; blocks measure that, while the shuffled rounds keep drift fair. The first
+    request of a block still runs right after another contender's, and is counted.
+    """
+    rounds = -(-requests // block)
+    for number, order in enumerate(shuffled_rounds(names, rounds)):
+        size = min(block, requests - number * block)
+        for name in order:
+            for _ in range(size):
+                yield name
 
 
 def fmt(value: Optional[float], spec: str = ".2f", suffix: str = "") -> str:

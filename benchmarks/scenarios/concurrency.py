@@ -25,7 +25,7 @@ import time
 from typing import Any, Optional
 
 from benchmarks import contenders as C
-from benchmarks.scenarios.common import Check, Settings, failure_lines, fmt, rotated
+from benchmarks.scenarios.common import Check, Settings, failure_lines, fmt, shuffled_rounds
 from benchmarks.stats import median, percentile, ratio
 
 LONG_EVERY = 4  # one long response in four
@@ -85,8 +85,8 @@ def run(target: C.Target, settings: Settings, stats: Any) -> dict[str, Any]:
     pool_opened: list[Optional[int]] = []
     failures: dict[str, list[str]] = {}
     total = settings.concurrent_requests
-    for turn in range(settings.rounds):
-        for name in rotated(C.NAMES, turn):
+    for order in shuffled_rounds(C.NAMES, settings.rounds):
+        for name in order:
             elapsed, seen, shaken, opened = _one_round(name, target, settings, stats, failures)
             per_round[name].append(len(seen) / elapsed)  # completed requests only
             latencies[name] += seen

@@ -1,10 +1,12 @@
 """(a) Sequential warm latency: one request at a time, short (20 deltas) and long (200).
 
 Every contender is built and warmed up first (imports, TLS contexts, kept connections), then
-the requests run interleaved: one request of each contender in turn, in a different order
-each round, so drift in the machine hits all of them alike. A request is timed from the call
-to the terminal event. Contenders 2 and 3 open a connection for each request by design, so
-their figures include a handshake (and the emulator's ``handshake_delay``).
+the requests run in blocks: ``block`` consecutive requests of one contender, as a program
+makes them, the blocks of each round in a fresh shuffled order, so that drift in the machine
+and the aftermath of the previous contender hit all of them alike (see ``in_blocks``). A
+request is timed from the call to the terminal event. Contenders 2 and 3 open a connection
+for each request by design, so their figures include a handshake (and the emulator's
+``handshake_delay``).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import time
 from typing import Any
 
 from benchmarks import contenders as C
-from benchmarks.scenarios.common import Check, Settings, failure_lines, fmt, rotated
+from benchmarks.scenarios.common import Check, Settings, failure_lines, fmt, in_blocks
 from benchmarks.stats import ratio, summary
 
 LENGTHS = (("short", 20), ("long", 200))
@@ -23,7 +25,12 @@ LENGTHS = (("short", 20), ("long", 200))
 def run(target: C.Target, settings: Settings) -> dict[str, Any]:
     built = {name: C.make(name, target) for name in C.NAMES}
     failures: dict[str, list[str]] = {}
-    figures: dict[str, Any] = {"requests": settings.requests, "lengths": {}, "failures": failures}
+    figures: dict[str, Any] = {
+        "requests": settings.requests,
+        "block": settings.block,
+        "lengths": {},
+        "failures": failures,
+    }
     try:
         for label, deltas in LENGTHS:
             request = C.fields(deltas, "warm")
@@ -37,12 +44,11 @@ def run(target: C.Target, settings: Settings) -> dict[str, Any]:
                     C.attempt(built[name], request, failures)
             samples: dict[str, list[float]] = {name: [] for name in C.NAMES}
             gc.collect()
-            for turn in range(settings.requests):
-                for name in rotated(C.NAMES, turn):
-                    contender = built[name]
-                    started = time.perf_counter()
-                    if C.attempt(contender, request, failures) is not None:
-                        samples[name].append(time.perf_counter() - started)
+            for name in in_blocks(C.NAMES, settings.requests, settings.block):
+                contender = built[name]
+                started = time.perf_counter()
+                if C.attempt(contender, request, failures) is not None:
+                    samples[name].append(time.perf_counter() - started)
             rows = {name: summary(samples[name]) for name in C.NAMES}
             floor = rows[C.NAMES[0]]
             for row in rows.values():
@@ -86,7 +92,8 @@ def table(figures: dict[str, Any]) -> str:
     for label, data in figures["lengths"].items():
         lines.append(
             f"{label}: {data['deltas']} deltas, {data['events_per_response']} events per "
-            f"response, {figures['requests']} requests each, interleaved"
+            f"response, {figures['requests']} requests each, in shuffled blocks of "
+            f"{figures.get('block', 1)}"
         )
         lines.append(
             f"  {'contender':<34}{'median ms':>11}{'p99 ms':>10}{'x floor':>9}{'p99 x':>8}{'n':>6}"
