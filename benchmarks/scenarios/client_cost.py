@@ -117,8 +117,22 @@ def _memory_child(target: C.Target, name: str, count: int) -> dict[str, Any]:
 
 
 def _spawn(
-    target: C.Target, backend: str, *args: str, cpu_requests: int = 0, block: int = 1
+    target: C.Target,
+    backend: str,
+    *args: str,
+    crashes: dict[str, list[str]],
+    cpu_requests: int = 0,
+    block: int = 1,
+    tries: int = 3,
 ) -> dict[str, Any]:
+    """Run one measurement in a child process and return what it printed.
+
+    A child that fails is recorded in ``crashes`` and run again, up to ``tries`` times: the
+    SDK's WebSocket transport, whose reader thread shares one SSL object with the thread
+    writing the upgrade (see contenders._SDK), now and then ends a process that holds many
+    of its connections with a heap corruption ("corrupted double-linked list"). Such a
+    crash is the SDK's, and must be reported, not end the run.
+    """
     env = {
         **os.environ,
         "BENCH_TARGET": target.to_json(),
@@ -128,17 +142,27 @@ def _spawn(
     env.pop("OAIWS_JSON", None)
     if backend == "json":
         env["OAIWS_JSON"] = "json"
-    result = subprocess.run(
-        [sys.executable, "-m", "benchmarks.scenarios.client_cost", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    if result.returncode != 0:
-        raise RuntimeError(f"client_cost {' '.join(args)} ({backend}) failed:\n{result.stderr}")
+    what = " ".join(args)
+    for attempt_number in range(1, tries + 1):
+        result = subprocess.run(
+            [sys.executable, "-m", "benchmarks.scenarios.client_cost", *args],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+        if result.returncode == 0:
+            break
+        last_line = (result.stderr.strip().splitlines() or ["(no output)"])[-1]
+        crashes.setdefault(f"{what} ({backend})", []).append(
+            f"exit {result.returncode}: {last_line}"
+        )
+        if attempt_number == tries:
+            raise RuntimeError(
+                f"client_cost {what} ({backend}) failed {tries} times:\n{result.stderr}"
+            )
     found: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
     if found["backend"] != backend:
         # orjson is not installed: the "fast" column would silently measure the stdlib.
@@ -154,10 +178,17 @@ def run(target: C.Target, settings: Settings) -> dict[str, Any]:
         "idle_connections": settings.idle_connections,
         "cpu": {},
         "memory": {},
+        "child_failures": {},
     }
+    crashes: dict[str, list[str]] = figures["child_failures"]
     for backend in BACKENDS:
         cpu = _spawn(
-            target, backend, "cpu", cpu_requests=settings.cpu_requests, block=settings.block
+            target,
+            backend,
+            "cpu",
+            crashes=crashes,
+            cpu_requests=settings.cpu_requests,
+            block=settings.block,
         )
         floor = cpu["us_per_event"][C.NAMES[0]]
         cpu["x_floor"] = {name: ratio(us, floor) for name, us in cpu["us_per_event"].items()}
@@ -171,7 +202,7 @@ def run(target: C.Target, settings: Settings) -> dict[str, Any]:
             # so it is measured once, with the fast column.
             if backend == "json" and name.startswith("sdk"):
                 continue
-            found = _spawn(target, backend, "memory", name, str(count))
+            found = _spawn(target, backend, "memory", name, str(count), crashes=crashes)
             row[name] = found["kb_per_connection"]
             if found["connect_failures"]:
                 stalls[name] = stalls.get(name, 0) + found["connect_failures"]
@@ -221,6 +252,11 @@ def table(figures: dict[str, Any]) -> str:
         lines += failure_lines(figures["cpu"][backend].get("failures", {}))
     for name, stalls in figures.get("memory_connect_stalls", {}).items():
         lines.append(f"  memory: {name}: {stalls} upgrade(s) failed and were retried")
+    for what, failed in figures.get("child_failures", {}).items():
+        lines.append(
+            f"  child process {what} failed {len(failed)} time(s) and was run again: "
+            f"{'; '.join(sorted(set(failed)))[:300]}"
+        )
     return "\n".join(lines)
 
 
