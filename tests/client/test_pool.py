@@ -337,6 +337,25 @@ def test_a_dead_connection_found_at_checkout_is_replaced_in_the_same_slot(net: F
     assert_no_lost_slot(pool)
 
 
+def test_a_connection_handed_from_request_to_waiter_is_not_checked_but_an_idle_one_is(
+    net: FakeNet,
+) -> None:
+    # The check is a system call (a GIL release): skipped for a connection whose request
+    # has just ended, made for one that sat idle.
+    pool = make_pool(net, max_connections=1)
+    conn = pool.acquire(1)
+    got: list[Any] = []
+    waiting = threading.Thread(target=lambda: got.append(pool.acquire(5)))
+    waiting.start()
+    wait_until(lambda: pool.stats()["requests_waiting"] == 1)
+    pool.release(conn)
+    waiting.join(5)
+    assert got == [conn] and conn.checks == 0
+    pool.release(conn)  # no one waits: it goes idle
+    assert pool.acquire(1) is conn and conn.checks == 1
+    assert pool.stats()["reuses"] == 2
+
+
 def test_idle_connections_above_min_close_after_idle_timeout(net: FakeNet) -> None:
     pool = make_pool(net, max_connections=3, min_connections=1, idle_timeout=30.0)
     pool.run_maintenance()  # opens the warm one

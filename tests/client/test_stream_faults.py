@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
 import pytest
 
 import oaiws
-from oaiws.testing import Fault
+from oaiws.testing import Fault, expected_text
 
 
 def text_of(events: Any) -> str:
@@ -125,6 +126,39 @@ def test_connection_limit_reached_is_resent_transparently(
     assert events[-1].type == "response.completed"
     stats = oaiws_emulator.stats()
     assert (stats["handshakes"], stats["requests"]) == (2, 2)
+
+
+def test_a_connection_closed_as_it_is_handed_to_a_waiter_is_replaced_unseen(
+    oaiws_emulator: Any, client_for: Any
+) -> None:
+    # A connection handed straight from one request to a waiting one is not polled first
+    # (see the pool's rules): if the server closed it right after the terminal event, the
+    # waiter's request must still go through, on a new connection, without spending a retry.
+    client = client_for(oaiws_emulator, max_connections=1)
+    fields = {"model": "gpt-5.5", "metadata": {"emulator_deltas": "3"}}
+    length = len(list(client.generate_response(input="count", **fields)))
+    oaiws_emulator.inject(Fault(close_after_events=length, close_code=None), on="request")
+    first = client.generate_response(input="first", **fields)
+    events = [next(first)]  # the only connection is now in use
+    waiter: dict[str, Any] = {}
+    thread = threading.Thread(
+        target=lambda: waiter.setdefault(
+            "response", client.create_response(input="second", **fields)
+        )
+    )
+    thread.start()
+    deadline = time.monotonic() + 10
+    while client.pool_stats()["requests_waiting"] != 1:
+        assert time.monotonic() < deadline, "the second request never waited"
+        time.sleep(0.001)
+    events += list(first)  # the terminal event: the connection goes to the waiter
+    thread.join(10)
+    assert events[-1].type == "response.completed" and len(events) == length
+    assert waiter["response"].status == "completed"
+    assert waiter["response"].output_text == expected_text("second", deltas=3)
+    stats = client.pool_stats()
+    assert stats["connections_lost"] == 1 and stats["connections_opened"] == 2
+    assert _retries(client) == 0
 
 
 def test_mid_stream_close_raises_stream_interrupted_without_retry(
