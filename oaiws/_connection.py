@@ -57,6 +57,13 @@ _TEXT = ABNF.OPCODE_TEXT
 # of a few bytes fits any send buffer at once unless the peer stopped reading entirely.
 _CLOSE_SEND_TIMEOUT = 0.1
 
+# A request this small goes straight into the kernel's send buffer: the buffer is empty, since
+# the server answered everything sent before (the smallest default buffer on Linux is 16 KiB).
+# Such a send cannot stall, so the socket keeps its read timeout for it: changing the timeout
+# is a system call that releases the GIL, twice per request (to connect_timeout and back),
+# and with many threads each release can cost a context switch.
+_SEND_FITS_BUFFER = 16 * 1024
+
 # While idle, a frame that has started arriving completes within milliseconds; a partial
 # one is kept by websocket-client's frame buffer and finished at the next check.
 _DRAIN_TIMEOUT = 0.05
@@ -280,9 +287,13 @@ class Connection:
         except (TypeError, ValueError) as exc:
             raise ConfigurationError(f"the request cannot be encoded as JSON: {exc}") from exc
         try:
-            # connect_timeout bounds a send: a peer that has not taken bytes for that long
-            # is gone, whatever the size of the request.
-            self._set_timeout(self._config.connect_timeout)
+            # connect_timeout bounds a send that could stall: a peer that has not taken bytes
+            # for that long is gone, whatever the size of the request. A small one cannot
+            # stall (see _SEND_FITS_BUFFER); it keeps any timeout at least that long.
+            current = self._timeout_set
+            limit = self._config.connect_timeout
+            if len(encoded) > _SEND_FITS_BUFFER or current is None or current < limit:
+                self._set_timeout(limit)
             self._ws.send(encoded, ABNF.OPCODE_TEXT)
         except _TIMEOUT_ERRORS as exc:
             self._mark_dead()
