@@ -1,7 +1,7 @@
 """``connect_timeout`` bounds the whole WebSocket upgrade, not each socket operation.
 
 A server that answers the upgrade one byte at a time, each byte well within the timeout,
-must not stretch the handshake past ``connect_timeout``.
+must not stretch the handshake past ``connect_timeout``. It bounds a send that stalls, too.
 """
 
 from __future__ import annotations
@@ -138,3 +138,25 @@ def test_a_refused_tcp_connect_is_not_reported_as_a_deadline() -> None:
     with pytest.raises(Exception) as info:
         Connection.open(config)
     assert not isinstance(info.value, APITimeoutError)
+
+
+def test_a_request_the_server_never_reads_times_out_after_connect_timeout() -> None:
+    # After the upgrade the server reads nothing more. A request far larger than any socket
+    # buffer must give up after connect_timeout, not after the (long) read_timeout.
+    for server in _serve(0.0):
+        config = ClientConfig.resolve(
+            api_key="sk-test",
+            websocket_url=server.websocket_url,
+            connect_timeout=0.5,
+            read_timeout=60.0,
+        )
+        conn = Connection.open(config)
+        try:
+            assert server.completed.wait(5)
+            started = time.monotonic()
+            with pytest.raises(APITimeoutError, match=r"stalled for connect_timeout=0\.5s"):
+                conn.send_json({"type": "response.create", "model": "m", "input": "x" * 2**25})
+            assert time.monotonic() - started < 10
+            assert conn.closed
+        finally:
+            conn.close()
