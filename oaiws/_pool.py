@@ -777,8 +777,10 @@ class Pool:
     # -- fork ------------------------------------------------------------------------
 
     def _check_fork(self) -> None:
-        # os.register_at_fork does this at once; the check covers platforms without it.
-        if os.getpid() != self._pid:
+        # Where os.register_at_fork exists (every platform with fork) the child is reset at
+        # the fork itself, so the system call behind os.getpid() is spared on every checkout
+        # and return; elsewhere this check does the same job late.
+        if not _RESET_AT_FORK and os.getpid() != self._pid:
             self._after_fork_in_child()
 
     def _after_fork_in_child(self) -> None:
@@ -821,5 +823,6 @@ def _after_fork_in_child() -> None:
         pool._after_fork_in_child()
 
 
-if hasattr(os, "register_at_fork"):
+_RESET_AT_FORK = hasattr(os, "register_at_fork")
+if _RESET_AT_FORK:
     os.register_at_fork(after_in_child=_after_fork_in_child)
