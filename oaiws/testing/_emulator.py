@@ -57,6 +57,7 @@ class Emulator(EmulatorBase):
         handshake_delay: float = 0.0,
         certfile: Optional[str] = None,
         keyfile: Optional[str] = None,
+        session_tickets: int = 2,
     ) -> None:
         self._options = EmulatorOptions(
             api_key=api_key,
@@ -75,6 +76,7 @@ class Emulator(EmulatorBase):
             handshake_delay=handshake_delay,
             certfile=certfile,
             keyfile=keyfile,
+            session_tickets=session_tickets,
         )
         self._stats = Stats()
         self._faults = FaultQueue()
@@ -162,11 +164,13 @@ class Emulator(EmulatorBase):
         tls = _optional("oaiws.testing._tls", "cryptography")
         if options.certfile is not None:
             self._ca_path = options.certfile
-            given: ssl.SSLContext = tls.server_context(options.certfile, options.keyfile)
+            given: ssl.SSLContext = tls.server_context(
+                options.certfile, options.keyfile, options.session_tickets
+            )
             return given
         self._tls_dir = tempfile.TemporaryDirectory(prefix="oaiws-emulator-tls-")
         self._ca_path, certfile, keyfile = tls.generate(self._tls_dir.name)
-        generated: ssl.SSLContext = tls.server_context(certfile, keyfile)
+        generated: ssl.SSLContext = tls.server_context(certfile, keyfile, options.session_tickets)
         return generated
 
     def _cleanup_tls(self) -> None:

@@ -38,6 +38,7 @@ class EmulatorOptions:
     handshake_delay: float = 0.0
     certfile: Optional[str] = None
     keyfile: Optional[str] = None
+    session_tickets: int = 2
 
     def __post_init__(self) -> None:
         if not isinstance(self.api_key, str) or not self.api_key:
@@ -69,6 +70,13 @@ class EmulatorOptions:
             raise ConfigurationError("certfile and keyfile go together: give both or neither")
         if self.certfile is not None and not self.tls:
             raise ConfigurationError("certfile/keyfile need tls=True")
+        tickets = self.session_tickets
+        if not isinstance(tickets, int) or isinstance(tickets, bool) or tickets < 0:
+            raise ConfigurationError(
+                f"session_tickets must be a non-negative integer, not {tickets!r}"
+            )
+        if tickets != 2 and not self.tls:
+            raise ConfigurationError("session_tickets needs tls=True")
 
     def __repr__(self) -> str:
         # The key is a secret even in a test double: users paste reprs into bug reports.
@@ -134,6 +142,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--tls", action="store_true", help="serve https/wss with a generated CA unless --certfile")
     add("--certfile", default=None, help="PEM certificate chain for --tls")
     add("--keyfile", default=None, help="PEM private key for --tls")
+    add(
+        "--session-tickets",
+        type=int,
+        default=d.session_tickets,
+        help="TLS 1.3 session tickets sent after each handshake (default %(default)s, as "
+        "OpenSSL does); 0 sends none",
+    )
     add(
         "--api-key",
         default=None,
@@ -206,4 +221,5 @@ def options_from_namespace(args: argparse.Namespace, api_key: str) -> EmulatorOp
         handshake_delay=args.handshake_delay,
         certfile=args.certfile,
         keyfile=args.keyfile,
+        session_tickets=args.session_tickets,
     )

@@ -56,6 +56,7 @@ class EmulatorProcess(EmulatorBase):
         handshake_delay: float = 0.0,
         certfile: Optional[str] = None,
         keyfile: Optional[str] = None,
+        session_tickets: int = 2,
     ) -> None:
         self._options = EmulatorOptions(
             api_key=api_key,
@@ -74,6 +75,7 @@ class EmulatorProcess(EmulatorBase):
             handshake_delay=handshake_delay,
             certfile=certfile,
             keyfile=keyfile,
+            session_tickets=session_tickets,
         )
         self._process: Optional[subprocess.Popen[str]] = None
         self._port = port

@@ -119,9 +119,13 @@ def _write(path: str, data: bytes, *, private: bool = False) -> None:
         handle.write(data)
 
 
-def server_context(certfile: str, keyfile: Optional[str]) -> ssl.SSLContext:
+def server_context(
+    certfile: str, keyfile: Optional[str], session_tickets: int = 2
+) -> ssl.SSLContext:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
+    # TLS 1.3 sends tickets after the handshake, while a client may already be writing.
+    context.num_tickets = session_tickets
     try:
         context.load_cert_chain(certfile, keyfile)
     except (OSError, ssl.SSLError) as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -88,6 +89,32 @@ def test_bad_options_fail_fast():
         Emulator(max_connection_age=0)
     with pytest.raises(ValueError):
         Emulator(certfile="c.pem")
+    with pytest.raises(ValueError, match="non-negative"):
+        Emulator(tls=True, session_tickets=-1)
+    with pytest.raises(ValueError, match="needs tls=True"):
+        Emulator(session_tickets=0)
+
+
+def _has_session_ticket(emu) -> bool:
+    """Whether a TLS 1.3 client got a session ticket from the emulator by its first answer."""
+    context = ssl.create_default_context(cafile=emu.ca_path)
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    raw = socket.create_connection((emu.host, emu.port), timeout=10)
+    with context.wrap_socket(raw, server_hostname=emu.host) as tls:
+        tls.sendall(
+            f"GET /v1/responses/resp_none HTTP/1.1\r\nHost: {emu.host}\r\n"
+            f"Authorization: Bearer {emu.api_key}\r\nConnection: close\r\n\r\n".encode()
+        )
+        while tls.recv(65536):  # tickets come before the answer; read it all
+            pass
+        return bool(tls.session is not None and tls.session.has_ticket)
+
+
+@pytest.mark.parametrize(("tickets", "expected"), [(None, True), (0, False)])
+def test_session_tickets_are_sent_unless_turned_off(oaiws_emulator_factory, tickets, expected):
+    options = {} if tickets is None else {"session_tickets": tickets}
+    emu = oaiws_emulator_factory(tls=True, **options)
+    assert _has_session_ticket(emu) is expected
 
 
 @pytest.mark.parametrize("command", [["-m", "oaiws.testing"], ["-m", "oaiws.cli", "emulator"]])
