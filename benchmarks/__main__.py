@@ -25,7 +25,7 @@ import platform
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -59,15 +59,22 @@ QUICK = {
 }
 
 
-def _count(text: str) -> int:
-    """A count option: a whole number of at least 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not at least 1")
-    return value
+def _whole_number(minimum: int) -> Callable[[str], int]:
+    """An argparse type: a whole number of at least ``minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} is not at least {minimum}")
+        return value
+
+    return parse
+
+
+_count = _whole_number(1)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -128,6 +135,15 @@ def _parser() -> argparse.ArgumentParser:
         "loopback only, which flatters the contenders that open connections",
     )
     parser.add_argument(
+        "--session-tickets",
+        type=_whole_number(0),
+        metavar="N",
+        help="TLS 1.3 session tickets the emulator sends after each handshake (default "
+        f"{defaults.session_tickets}: no contender resumes sessions, and with tickets the "
+        "SDK's WebSocket transport races with itself, stalling, failing or crashing now and "
+        "then; 2 is what OpenSSL and real endpoints send)",
+    )
+    parser.add_argument(
         "--switch-interval",
         type=float,
         metavar="SECONDS",
@@ -156,7 +172,12 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _emulator(settings: Settings, **options: Any) -> EmulatorProcess:
-    return EmulatorProcess(tls=True, handshake_delay=settings.handshake_delay_ms / 1000, **options)
+    return EmulatorProcess(
+        tls=True,
+        handshake_delay=settings.handshake_delay_ms / 1000,
+        session_tickets=settings.session_tickets,
+        **options,
+    )
 
 
 def _run_scenario(key: str, settings: Settings, shared: Optional[EmulatorProcess]) -> Any:
@@ -193,7 +214,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     header = (
         f"oaiws {oaiws.__version__} benchmarks; python {platform.python_version()} on "
         f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs; JSON {_json.BACKEND}; "
-        f"TLS on; handshake delay {settings.handshake_delay_ms:g} ms; "
+        f"TLS on, {settings.session_tickets} session tickets; "
+        f"handshake delay {settings.handshake_delay_ms:g} ms; "
         f"switch interval {sys.getswitchinterval() * 1000:g} ms"
     )
     print(header)

@@ -26,6 +26,9 @@ class Settings:
     cpu_requests: int = 60  # (e): long responses per contender and backend
     idle_connections: int = 100  # (e)
     handshake_delay_ms: float = 0.0
+    # TLS 1.3 session tickets per handshake: none by default, since they make the SDK's
+    # WebSocket transport race with itself (docs/emulator.md, TLS) and no contender uses them.
+    session_tickets: int = 0
     quick: bool = False
 
 
