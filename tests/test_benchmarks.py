@@ -9,11 +9,14 @@ oaiws never opens more connections than its pool allows.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from benchmarks.scenarios.common import run_child
 
 ROOT = Path(__file__).resolve().parent.parent
 CONTENDERS = ("raw_kept", "raw_fresh", "sdk_ws_fresh", "sdk_ws_kept", "sdk_http", "oaiws")
@@ -86,3 +89,22 @@ def test_oaiws_never_opens_more_connections_than_its_pool(quick_run):
     assert all(opened <= size for opened in many["oaiws_pool_connections_opened"])
     # ... while the floor's threads each kept their own connection, as designed.
     assert many["contenders"]["raw_kept"]["handshakes"] == size
+
+
+def test_a_failing_child_is_recorded_each_time_then_raised():
+    # What keeps one crash of the SDK from ending a run: every failed attempt is recorded
+    # (exit status and last line), and only the last one is raised.
+    failures: dict[str, list[str]] = {}
+    env = {**os.environ, "BENCH_TARGET": '{"no": "target"}'}
+    with pytest.raises(RuntimeError, match="failed 2 times"):
+        run_child(
+            "benchmarks.scenarios.cold",
+            ["oaiws"],
+            env=env,
+            failures=failures,
+            key="cold oaiws",
+            timeout=60,
+            tries=2,
+        )
+    assert len(failures["cold oaiws"]) == 2
+    assert all(line.startswith("exit 1: ") for line in failures["cold oaiws"])

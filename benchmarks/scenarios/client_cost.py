@@ -31,7 +31,6 @@ from __future__ import annotations
 import gc
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -41,7 +40,14 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import contenders as C  # noqa: E402 - run as a script too
-from benchmarks.scenarios.common import Check, Settings, failure_lines, fmt, in_blocks  # noqa: E402
+from benchmarks.scenarios.common import (  # noqa: E402
+    Check,
+    Settings,
+    failure_lines,
+    fmt,
+    in_blocks,
+    run_child,
+)
 from benchmarks.stats import ratio  # noqa: E402
 
 BACKENDS = ("orjson", "json")  # with and without the fast extra
@@ -142,28 +148,17 @@ def _spawn(
     env.pop("OAIWS_JSON", None)
     if backend == "json":
         env["OAIWS_JSON"] = "json"
-    what = " ".join(args)
-    for attempt_number in range(1, tries + 1):
-        result = subprocess.run(
-            [sys.executable, "-m", "benchmarks.scenarios.client_cost", *args],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=600,
-            check=False,
-        )
-        if result.returncode == 0:
-            break
-        last_line = (result.stderr.strip().splitlines() or ["(no output)"])[-1]
-        crashes.setdefault(f"{what} ({backend})", []).append(
-            f"exit {result.returncode}: {last_line}"
-        )
-        if attempt_number == tries:
-            raise RuntimeError(
-                f"client_cost {what} ({backend}) failed {tries} times:\n{result.stderr}"
-            )
-    found: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
+    key = f"{' '.join(args)} ({backend})"
+    _, out = run_child(
+        "benchmarks.scenarios.client_cost",
+        list(args),
+        env=env,
+        failures=crashes,
+        key=key,
+        timeout=600,
+        tries=tries,
+    )
+    found: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
     if found["backend"] != backend:
         # orjson is not installed: the "fast" column would silently measure the stdlib.
         found["unavailable"] = True

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -82,33 +81,17 @@ def run(target: Any, settings: Any) -> dict[str, Any]:
 
 
 def _start(
-    name: str, env: dict[str, str], failures: dict[str, list[str]], tries: int = 3
+    name: str, env: dict[str, str], failures: dict[str, list[str]]
 ) -> tuple[float, dict[str, Any]]:
     """One cold start of ``name`` in a new process: when it was spawned and what it measured.
+    A failed start is recorded and started again (``common.run_child``)."""
+    from benchmarks.scenarios.common import run_child  # noqa: PLC0415
 
-    A failed start is recorded and started again, up to ``tries`` times in all: the SDK's
-    WebSocket transport now and then fails its TLS upgrade (see contenders._SDK), and one
-    such failure must be reported, not end the run. A retry is still a cold start, since
-    every attempt is a new process.
-    """
-    for attempt_number in range(1, tries + 1):
-        spawned = time.monotonic()
-        result = subprocess.run(
-            [sys.executable, "-m", "benchmarks.scenarios.cold", name],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        if result.returncode == 0:
-            return spawned, json.loads(result.stdout.strip().splitlines()[-1])
-        last_line = (result.stderr.strip().splitlines() or ["(no output)"])[-1]
-        failures.setdefault(name, []).append(last_line)
-        if attempt_number == tries:
-            raise RuntimeError(f"cold start of {name} failed {tries} times:\n{result.stderr}")
-    raise AssertionError("unreachable: tries must be at least 1")
+    spawned, out = run_child(
+        "benchmarks.scenarios.cold", [name], env=env, failures=failures, key=name, timeout=120
+    )
+    child: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    return spawned, child
 
 
 def table(figures: dict[str, Any]) -> str:

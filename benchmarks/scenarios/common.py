@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Optional
+
+ROOT = Path(__file__).resolve().parent.parent.parent
 
 
 @dataclass(frozen=True)
@@ -96,3 +102,43 @@ def failure_lines(failures: dict[str, list[str]]) -> list[str]:
         distinct = sorted(set(errors))
         lines.append(f"  failed: {name}: {len(errors)} request(s): {'; '.join(distinct)[:300]}")
     return lines
+
+
+def run_child(
+    module: str,
+    args: list[str],
+    *,
+    env: dict[str, str],
+    failures: dict[str, list[str]],
+    key: str,
+    timeout: float,
+    tries: int = 3,
+) -> tuple[float, str]:
+    """Run ``python -m module *args`` until it exits 0, at most ``tries`` times; returns when
+    the successful attempt was spawned (``time.monotonic()``) and what it printed.
+
+    Every failed attempt is recorded in ``failures[key]`` (exit status and last line): the
+    SDK's WebSocket transport now and then fails a TLS upgrade, or crashes a process holding
+    many of its connections (see contenders._SDK), and that must be reported, not end the
+    run. A new attempt is a new process, so a retried measurement is still a clean one.
+    """
+    for attempt_number in range(1, tries + 1):
+        spawned = time.monotonic()
+        result = subprocess.run(
+            [sys.executable, "-m", module, *args],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        if result.returncode == 0:
+            return spawned, result.stdout
+        last_line = (result.stderr.strip().splitlines() or ["(no output)"])[-1]
+        failures.setdefault(key, []).append(f"exit {result.returncode}: {last_line}")
+        if attempt_number == tries:
+            raise RuntimeError(
+                f"python -m {module} {' '.join(args)} failed {tries} times:\n{result.stderr}"
+            )
+    raise AssertionError("unreachable: tries must be at least 1")
