@@ -99,6 +99,16 @@ def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
         time.sleep(0.001)
 
 
+def waiting_acquire(pool: Pool) -> tuple[threading.Thread, list[Any]]:
+    """A thread that has joined the line for a connection, and the list it will put it in."""
+    got: list[Any] = []
+    waiting = pool.stats()["requests_waiting"]
+    thread = threading.Thread(target=lambda: got.append(pool.acquire(5)))
+    thread.start()
+    wait_until(lambda: pool.stats()["requests_waiting"] == waiting + 1)
+    return thread, got
+
+
 def assert_no_lost_slot(pool: Pool) -> None:
     with pool._lock:
         counted = len(pool._entries) + pool._opening
@@ -226,10 +236,7 @@ def test_a_failed_handshake_frees_its_slot(net: FakeNet) -> None:
 def test_a_freed_slot_goes_to_the_oldest_waiter(net: FakeNet) -> None:
     pool = make_pool(net, max_connections=1)
     held = pool.acquire(1)
-    result: list[Any] = []
-    thread = threading.Thread(target=lambda: result.append(pool.acquire(5)))
-    thread.start()
-    wait_until(lambda: pool.stats()["requests_waiting"] == 1)
+    thread, result = waiting_acquire(pool)
     pool.discard(held, "not read to its end")
     thread.join(5)
     assert result and result[0] is net.opened[1], "the waiter opened a connection in the slot"
@@ -344,10 +351,7 @@ def test_a_connection_handed_from_request_to_waiter_is_not_checked_but_an_idle_o
     # has just ended, made for one that sat idle.
     pool = make_pool(net, max_connections=1)
     conn = pool.acquire(1)
-    got: list[Any] = []
-    waiting = threading.Thread(target=lambda: got.append(pool.acquire(5)))
-    waiting.start()
-    wait_until(lambda: pool.stats()["requests_waiting"] == 1)
+    waiting, got = waiting_acquire(pool)
     pool.release(conn)
     waiting.join(5)
     assert got == [conn] and conn.checks == 0
