@@ -122,7 +122,9 @@ def _write(path: str, data: bytes, *, private: bool = False) -> None:
 def server_context(
     certfile: str, keyfile: Optional[str], session_tickets: int = 2
 ) -> ssl.SSLContext:
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    # A server-side context outright (create_default_context(CLIENT_AUTH) makes one only from
+    # Python 3.10 on, and num_tickets refuses any other); secure defaults since Python 3.6.
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     # TLS 1.3 sends tickets after the handshake, while a client may already be writing.
     context.num_tickets = session_tickets
