@@ -22,7 +22,7 @@ from oaiws import (
     RateLimitError,
 )
 from oaiws._config import ClientConfig
-from oaiws._connection import Connection
+from oaiws._connection import Connection, _ReadAhead
 from oaiws.testing import Emulator, Fault
 
 KEY = "sk-test"
@@ -236,6 +236,72 @@ def test_close_is_fast_in_the_middle_of_a_response(
     conn.close()
     assert time.monotonic() - started < 0.3
     wait_for(lambda: emu.stats()["connections_open"] == 0)
+
+
+# -- reading ahead ------------------------------------------------------------------------
+
+
+def test_read_ahead_serves_the_parser_from_one_read() -> None:
+    chunks = [b"\x81\x05hello\x81\x02hi"]
+    reader = _ReadAhead(lambda size: chunks.pop(0))
+    assert (reader(2), reader(5), reader(2), reader(2)) == (
+        b"\x81\x05",
+        b"hello",
+        b"\x81\x02",
+        b"hi",
+    )
+    assert reader.reads == 1 and not reader.pending
+
+
+def test_read_ahead_never_gives_more_than_asked_and_keeps_the_rest() -> None:
+    chunks = [b"abcdef", b"gh"]
+    reader = _ReadAhead(lambda size: chunks.pop(0))
+    assert reader(4) == b"abcd" and reader.pending
+    assert reader(10) == b"ef"  # what is left; the parser asks again for the shortage
+    assert reader(10) == b"gh" and reader.reads == 2
+
+
+def test_read_ahead_passes_errors_through_and_loses_nothing() -> None:
+    results: list[Any] = [b"abc", TimeoutError("silence"), b"d"]
+
+    def read(size: int) -> bytes:
+        result = results.pop(0)
+        if isinstance(result, Exception):
+            raise result
+        return bytes(result)
+
+    reader = _ReadAhead(read)
+    assert reader(2) == b"ab"
+    assert reader(1) == b"c"
+    with pytest.raises(TimeoutError):
+        reader(1)
+    assert reader(1) == b"d"
+
+
+@pytest.mark.parametrize("tls", [False, True])
+def test_a_response_takes_about_one_socket_read_per_frame(
+    oaiws_emulator_factory: Callable[..., Emulator], tls: bool
+) -> None:
+    # websocket-client alone reads three times per frame; every read releases the GIL.
+    emu = oaiws_emulator_factory(tls=tls)
+    conn = Connection.open(config_for(emu, verify=emu.ca_path or True))
+    try:
+        events = run_request(conn, "count my reads")
+        assert conn._read_ahead is not None
+        assert conn._read_ahead.reads <= len(events) + 2, (conn._read_ahead.reads, len(events))
+    finally:
+        conn.close()
+
+
+def test_a_frame_already_read_ahead_while_idle_is_noticed(oaiws_emulator: Emulator) -> None:
+    # A leftover data frame must never reach the next request, even when its bytes were
+    # read from the socket with the last frame of a response (the socket then looks quiet).
+    conn = Connection.open(config_for(oaiws_emulator))
+    run_request(conn, "first")
+    assert conn._read_ahead is not None and not conn._read_ahead.pending
+    conn._read_ahead._data, conn._read_ahead._pos = b"\x81\x02{}", 0  # a text frame
+    assert conn.check_idle() is False
+    assert conn.closed
 
 
 # -- idle care ----------------------------------------------------------------------------
