@@ -194,19 +194,27 @@ class _PerThread:
             conn.close()
 
 
-class RawKept(_Raw):
-    name = "raw_kept"
+class _KeptPerThread:
+    """Mixin for a contender that keeps one connection per thread: its ``_connect`` opens a
+    thread's connection on first use, its ``_exchange`` runs one request on it."""
+
+    _connect: Callable[[], Any]
+    _exchange: Callable[[Any, dict[str, Any]], tuple[int, str]]
 
     def __init__(self, target: Target) -> None:
-        super().__init__(target)
+        super().__init__(target)  # the contender class that follows this mixin
         self._kept = _PerThread(self._connect)
 
     def request(self, fields: dict[str, Any]) -> tuple[int, str]:
         return self._exchange(self._kept.get(), fields)
 
     def close(self) -> None:
-        super().close()
         self._kept.close()
+        super().close()
+
+
+class RawKept(_KeptPerThread, _Raw):
+    name = "raw_kept"
 
 
 class RawFresh(_Raw):
@@ -291,19 +299,8 @@ class SDKWebSocketFresh(_SDK):
             return self._exchange(conn, fields)
 
 
-class SDKWebSocketKept(_SDK):
+class SDKWebSocketKept(_KeptPerThread, _SDK):
     name = "sdk_ws_kept"
-
-    def __init__(self, target: Target) -> None:
-        super().__init__(target)
-        self._kept = _PerThread(self._connect)
-
-    def request(self, fields: dict[str, Any]) -> tuple[int, str]:
-        return self._exchange(self._kept.get(), fields)
-
-    def close(self) -> None:
-        self._kept.close()
-        super().close()
 
 
 class SDKHTTP(_SDK):
