@@ -15,6 +15,19 @@ import websocket
 
 from oaiws.testing import Emulator
 
+# The events of a plain text response with the default 8 deltas, in order.
+TEXT_TURN = [
+    "response.created",
+    "response.in_progress",
+    "response.output_item.added",
+    "response.content_part.added",
+    *["response.output_text.delta"] * 8,
+    "response.output_text.done",
+    "response.content_part.done",
+    "response.output_item.done",
+    "response.completed",
+]
+
 TERMINAL = {"response.completed", "response.failed", "response.incomplete", "error"}
 KEY = "sk-test"
 

@@ -8,19 +8,7 @@ import pytest
 
 from oaiws.testing import expected_text
 
-from .conftest import OPENAI_MISSING, final, text_of
-
-TEXT_TURN = [
-    "response.created",
-    "response.in_progress",
-    "response.output_item.added",
-    "response.content_part.added",
-    *["response.output_text.delta"] * 8,
-    "response.output_text.done",
-    "response.content_part.done",
-    "response.output_item.done",
-    "response.completed",
-]
+from .conftest import OPENAI_MISSING, TEXT_TURN, final, text_of
 
 
 def test_text_turn_has_the_full_event_sequence(connect):

@@ -34,6 +34,7 @@ from openai.types.responses.responses_server_event import (
 
 from oaiws.testing import Fault, expected_text
 
+from .conftest import TEXT_TURN
 from .openai_support import (
     MODEL,
     check_response,
@@ -48,17 +49,6 @@ from .openai_support import (
 
 pytestmark = pytest.mark.timeout(30)
 
-TEXT_TURN = [
-    "response.created",
-    "response.in_progress",
-    "response.output_item.added",
-    "response.content_part.added",
-    *["response.output_text.delta"] * 8,
-    "response.output_text.done",
-    "response.content_part.done",
-    "response.output_item.done",
-    "response.completed",
-]
 WEATHER = {
     "type": "function",
     "name": "get_weather",
