@@ -121,6 +121,22 @@ def _raise_for(kind: str, event: Any) -> None:
         raise RuntimeError(f"the request ended with {kind}: {event}")
 
 
+def _read_sdk_events(events: Any, *, stop_at_terminal: bool) -> tuple[int, str]:
+    """What every contender reads from the SDK's typed events: their count and the text."""
+    parts: list[str] = []
+    count = 0
+    for event in events:
+        count += 1
+        kind = event.type
+        if kind == DELTA:
+            parts.append(event.delta)
+        elif kind in TERMINAL:
+            _raise_for(kind, event)
+            if stop_at_terminal:
+                break
+    return count, "".join(parts)
+
+
 # -- 1 and 2: websocket-client by hand --------------------------------------------------
 
 
@@ -260,17 +276,8 @@ class _SDK(Contender):
     @staticmethod
     def _exchange(conn: Any, fields: dict[str, Any]) -> tuple[int, str]:
         conn.response.create(**fields)
-        parts: list[str] = []
-        events = 0
-        for event in conn:
-            events += 1
-            kind = event.type
-            if kind == DELTA:
-                parts.append(event.delta)
-            elif kind in TERMINAL:
-                _raise_for(kind, event)
-                break
-        return events, "".join(parts)
+        # A WebSocket connection outlives the response: stop at its terminal event.
+        return _read_sdk_events(conn, stop_at_terminal=True)
 
     def open_idle(self, count: int) -> None:
         while len(self._idle) < count:
@@ -307,17 +314,10 @@ class SDKHTTP(_SDK):
     name = "sdk_http"
 
     def request(self, fields: dict[str, Any]) -> tuple[int, str]:
-        parts: list[str] = []
-        events = 0
         with self._sdk.responses.create(stream=True, **fields) as stream:
-            for event in stream:
-                events += 1
-                kind = event.type
-                if kind == DELTA:
-                    parts.append(event.delta)
-                elif kind in TERMINAL:
-                    _raise_for(kind, event)
-        return events, "".join(parts)
+            # Read to the end of the body, past the terminal event: a response left unread
+            # would not give its keep-alive connection back to httpx's pool.
+            return _read_sdk_events(stream, stop_at_terminal=False)
 
     def open_idle(self, count: int) -> None:
         # An HTTP client keeps a connection only after a request used it: run ``count``
