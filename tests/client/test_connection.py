@@ -238,6 +238,30 @@ def test_close_is_fast_in_the_middle_of_a_response(
     wait_for(lambda: emu.stats()["connections_open"] == 0)
 
 
+def test_a_small_request_keeps_the_socket_timeout_a_large_one_bounds_its_send(
+    oaiws_emulator: Emulator,
+) -> None:
+    # Changing a socket's timeout is a GIL-releasing system call: a request that fits the
+    # kernel's send buffer keeps the read timeout (5 s here); a large one is bounded by
+    # connect_timeout.
+    conn = Connection.open(config_for(oaiws_emulator, connect_timeout=2.0))
+    changes: list[Any] = []
+    settimeout = conn._ws.settimeout
+    conn._ws.settimeout = lambda seconds: (changes.append(seconds), settimeout(seconds))[1]
+    try:
+        run_request(conn, "first")  # the send sets connect_timeout, the reads set theirs
+        changes.clear()
+        conn.send_json({"type": "response.create", "model": "test-model", "input": "small"})
+        assert changes == []
+        while conn.recv_json(5.0)["type"] not in TERMINAL:
+            pass
+        changes.clear()
+        conn.send_json({"type": "response.create", "model": "m", "input": "x" * 20_000})
+        assert changes == [2.0]
+    finally:
+        conn.close()
+
+
 # -- reading ahead ------------------------------------------------------------------------
 
 
