@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.scenarios.common import run_child
+from benchmarks.scenarios.common import in_blocks, run_child
 
 ROOT = Path(__file__).resolve().parent.parent
 CONTENDERS = ("raw_kept", "raw_fresh", "sdk_ws_fresh", "sdk_ws_kept", "sdk_http", "oaiws")
@@ -108,3 +108,20 @@ def test_a_failing_child_is_recorded_each_time_then_raised():
         )
     assert len(failures["cold oaiws"]) == 2
     assert all(line.startswith("exit 1: ") for line in failures["cold oaiws"])
+
+
+def test_requests_run_in_shuffled_blocks_so_no_contender_keeps_its_neighbour():
+    # A fixed rotation kept neighbours (oaiws always ran right after the SDK over HTTP);
+    # in_blocks gives every contender its requests in runs of `block`, rounds shuffled.
+    names = ("a", "b", "c", "d")
+    order = list(in_blocks(names, requests=23, block=5))
+    assert all(order.count(name) == 23 for name in names)
+    runs = [order[i : i + 5] for i in range(0, 20 * 4, 5)]
+    assert all(len(set(run)) == 1 for run in runs), "full blocks of one contender"
+    assert len(set(order[80:])) == 4 and len(order[80:]) == 12, "a last round of 3 each"
+    rounds = [tuple(run[0] for run in runs[i : i + 4]) for i in range(0, 16, 4)]
+    assert len(set(rounds)) > 1, "the order changes between rounds"
+    followers = {
+        order[i + 1] for i in range(len(order) - 1) if order[i] != order[i + 1] and order[i] == "a"
+    }
+    assert len(followers) > 1, "a is not always followed by the same contender"
