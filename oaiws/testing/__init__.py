@@ -16,8 +16,16 @@ from __future__ import annotations
 
 from ._emulator import Emulator
 from ._faults import Fault
+from ._hostile import HOSTILE_FRAMES
 from ._model import expected_text
 from ._options import EmulatorOptions
 from ._process import EmulatorProcess
 
-__all__ = ["Emulator", "EmulatorOptions", "EmulatorProcess", "Fault", "expected_text"]
+__all__ = [
+    "HOSTILE_FRAMES",
+    "Emulator",
+    "EmulatorOptions",
+    "EmulatorProcess",
+    "Fault",
+    "expected_text",
+]

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Optional, Protocol
 
 from ._faults import Fault, FaultQueue, error_code_for_status
+from ._hostile import HostilePreset, JsonEvent, PresetFrame, TextFrame, WireFrame, hostile_preset
 from ._model import CallPlan, Item, TextPlan, context_size, normalize_item, plan_response
 from ._options import EmulatorOptions
 from ._requests import CreateRequest, RequestError, new_id
@@ -35,6 +36,10 @@ class ConnectionAborted(Exception):
 
 
 class Sink(Protocol):
+    @property
+    def websocket(self) -> bool:
+        """Whether the transport has WebSocket frames (for the WebSocket-only hostile presets)."""
+
     async def send_event(self, event: dict[str, Any]) -> None: ...
 
     async def send_error(self, error: RequestError, sequence_number: int) -> None: ...
@@ -42,6 +47,10 @@ class Sink(Protocol):
     async def send_malformed(self) -> None: ...
 
     async def send_binary(self) -> None: ...
+
+    async def send_hostile(self, frame: WireFrame) -> None:
+        """Put a hostile preset's frame on the wire exactly as given (counted in
+        ``hostile_frames_sent``)."""
 
     async def abort(self, close_code: Optional[int]) -> None:
         """Close the transport (no close frame when ``close_code`` is None) and raise
@@ -111,7 +120,24 @@ class _Emitter:
             await self.sink.send_binary()
         else:
             await self.sink.send_event(payload)
+        await self._sent(first)
+
+    async def hostile(self, frame: PresetFrame) -> None:
+        """Send one frame of a hostile preset. A JSON object is numbered like any event (the
+        numbering stays monotonic); nothing else about it is touched."""
+        if isinstance(frame, JsonEvent):
+            wire: WireFrame = TextFrame(
+                frame.render(self.sequence, self.stream_id), frame.sse_event
+            )
+            self.sequence += 1
+        else:
+            wire = frame
+        await self.sink.send_hostile(wire)
+        await self._sent(first=False)
+
+    async def _sent(self, first: bool) -> None:
         self.sent += 1
+        fault = self.fault
         if fault is None:
             return
         if first and fault.stall_after_first_event:
@@ -142,6 +168,7 @@ async def serve(
     try:
         if fault is not None and (fault.error_code is not None or fault.refuse_status is not None):
             raise fault_error(fault)
+        preset = _hostile_preset(fault, sink)
         prior, cached_bytes, processed = await _resolve_previous(ctx, request, cache)
     except RequestError as error:
         if previous is not None and cache is not None:
@@ -162,6 +189,19 @@ async def serve(
     controls = request.controls
     if controls.first_event_delay:
         await asyncio.sleep(controls.first_event_delay)
+
+    if preset is not None:
+        await _serve_hostile(
+            ctx,
+            request,
+            emitter,
+            preset,
+            cache=cache,
+            response=response,
+            context=context,
+            used=usage(input_bytes, cached_bytes, 0),
+        )
+        return
 
     if not request.generate:
         # Warm-up: state is prepared and the id can be chained from, but nothing is generated.
@@ -227,6 +267,57 @@ async def serve(
     await emitter.event({"type": f"response.{status}", "response": done})
     _remember(ctx, request, cache, done, context)
     ctx.stats.add("responses_incomplete" if reason else "responses_completed")
+
+
+def _hostile_preset(fault: Optional[Fault], sink: Sink) -> Optional[HostilePreset]:
+    """The fault's hostile preset, or a 400 when it needs WebSocket framing the sink lacks."""
+    if fault is None or fault.hostile_frame is None:
+        return None
+    preset = hostile_preset(fault.hostile_frame)
+    if preset.websocket_only and not sink.websocket:
+        raise RequestError(
+            f"The hostile frame preset '{fault.hostile_frame}' exists only over WebSocket: it"
+            " breaks WebSocket framing, which HTTP does not have.",
+            code="invalid_value",
+            param=None,
+        )
+    return preset
+
+
+async def _serve_hostile(
+    ctx: ServerContext,
+    request: CreateRequest,
+    emitter: _Emitter,
+    preset: HostilePreset,
+    *,
+    cache: Optional[ConnectionCache],
+    response: dict[str, Any],
+    context: tuple[Item, ...],
+    used: dict[str, Any],
+) -> None:
+    """The real ``response.created``, the preset's frames, then the terminal event.
+
+    The normal deltas are never sent and the terminal's output is empty, so a tolerant client
+    must assemble the output from the events it did receive.
+    """
+    await emitter.event({"type": "response.created", "response": response})
+    for frame in preset.frames(response["id"]):
+        await emitter.hostile(frame)
+    if preset.endless:
+        # The wire is left inside a frame or a message: nothing sent now could be read as an
+        # event, so the request ends here and the client is expected to close.
+        return
+    done = finish(response, status="completed", output=[], usage=used)
+    if preset.terminal is None:
+        await emitter.event({"type": "response.completed", "response": done})
+        ctx.stats.add("responses_completed")
+        _remember(ctx, request, cache, done, context)
+        return
+    terminal = preset.terminal(done)
+    await emitter.hostile(terminal)
+    if terminal.fields.get("type") == "response.completed":
+        # The server considers it completed, so a tolerant client may continue from it.
+        _remember(ctx, request, cache, done, context)
 
 
 async def _resolve_previous(

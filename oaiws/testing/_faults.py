@@ -12,6 +12,8 @@ from typing import Any, Optional
 
 from oaiws.errors import ConfigurationError
 
+from ._hostile import HOSTILE_FRAMES
+
 # The HTTP-like status each well-known error code stands for, as the real service sends them.
 STATUS_BY_ERROR_CODE = {
     "rate_limit_exceeded": 429,
@@ -36,6 +38,9 @@ ERROR_CODE_BY_STATUS = {
 class Fault:
     """One misbehaviour of the server. Unset fields do nothing, so faults combine.
 
+    ``hostile_frame`` names a preset of :data:`~oaiws.testing.HOSTILE_FRAMES`: frames that
+    break the protocol in that precise way, sent after the response's ``response.created``.
+
     Connection faults (``inject(..., on="connection")``) act at the upgrade
     (``refuse_status``, ``retry_after``, ``handshake_delay``) and their request fields apply
     to the first request on that connection. Request faults act on one ``response.create``
@@ -53,6 +58,7 @@ class Fault:
     error_status: Optional[int] = None
     malformed_frame: bool = False
     binary_frame: bool = False
+    hostile_frame: Optional[str] = None
 
     def __post_init__(self) -> None:
         for name in ("refuse_status", "error_status"):
@@ -88,6 +94,13 @@ class Fault:
         for name in ("malformed_frame", "binary_frame"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigurationError(f"Fault.{name} must be a bool")
+        if self.hostile_frame is not None and (
+            not isinstance(self.hostile_frame, str) or self.hostile_frame not in HOSTILE_FRAMES
+        ):
+            raise ConfigurationError(
+                f"Fault.hostile_frame must be None or one of {', '.join(HOSTILE_FRAMES)},"
+                f" not {self.hostile_frame!r}"
+            )
 
     @property
     def acts_on_request(self) -> bool:
@@ -99,6 +112,7 @@ class Fault:
             or self.error_code is not None
             or self.malformed_frame
             or self.binary_frame
+            or self.hostile_frame is not None
         )
 
     def error_status_code(self) -> int:

@@ -17,6 +17,7 @@ from oaiws.errors import ConfigurationError
 
 from ._engine import ConnectionAborted, ServerContext, fault_error, serve
 from ._faults import Fault
+from ._hostile import TextFrame, WireFrame
 from ._requests import RequestError, new_id, parse_create
 from ._websocket import CLOSE_HANDSHAKE_TIMEOUT, MAX_MESSAGE_BYTES, WebSocketSession
 
@@ -248,6 +249,8 @@ async def _responses_post(request: web.Request) -> web.StreamResponse:
 
 
 class _HttpSink:
+    websocket = False
+
     def __init__(self, request: web.Request) -> None:
         self.request = request
         self.stats = _ctx(request).stats
@@ -274,6 +277,9 @@ class _HttpSink:
     async def send_binary(self) -> None:
         raise NotImplementedError
 
+    async def send_hostile(self, frame: WireFrame) -> None:
+        raise NotImplementedError
+
     def after_abort(self) -> web.StreamResponse:
         raise NotImplementedError
 
@@ -297,6 +303,13 @@ class _JsonSink(_HttpSink):
 
     async def send_binary(self) -> None:
         self.body = b"\x00\x01\xff binary"
+
+    async def send_hostile(self, frame: WireFrame) -> None:
+        # Without a stream only one text can be answered: the preset's first, as the body.
+        if self.body is None:
+            self.body = _hostile_text(frame).payload
+            self.stats.add("events_sent")
+            self.stats.add("hostile_frames_sent")
 
     def after_abort(self) -> web.StreamResponse:
         # Without a stream there are no events to cut between: the answer is lost entirely.
@@ -333,14 +346,17 @@ class _SseSink(_HttpSink):
         except (ConnectionError, RuntimeError) as exc:
             raise ConnectionAborted from exc
 
-    async def _counted(self, data: bytes) -> None:
+    async def _counted(self, data: bytes, *, hostile: bool = False) -> None:
         # Counted before the bytes leave, so a client that has read them also sees them in
         # stats(); taken back when the connection refused them.
-        self.stats.add("events_sent")
+        keys = ("events_sent", "hostile_frames_sent") if hostile else ("events_sent",)
+        for key in keys:
+            self.stats.add(key)
         try:
             await self._write(data)
         except BaseException:
-            self.stats.add("events_sent", -1)
+            for key in keys:
+                self.stats.add(key, -1)
             raise
 
     async def send_event(self, event: dict[str, Any]) -> None:
@@ -360,6 +376,11 @@ class _SseSink(_HttpSink):
         # SSE has no binary frames; undecodable bytes are the nearest equivalent.
         await self._counted(b"event: response.created\ndata: \xff\xfe\x00\x01\n\n")
 
+    async def send_hostile(self, frame: WireFrame) -> None:
+        text = _hostile_text(frame)
+        event = text.sse_event.encode()
+        await self._counted(b"event: " + event + b"\ndata: " + text.payload + b"\n\n", hostile=True)
+
     def after_abort(self) -> web.StreamResponse:
         if self.response is None:
             transport = self.request.transport
@@ -375,6 +396,13 @@ class _SseSink(_HttpSink):
             return web.Response(text="", content_type="text/event-stream")
         await self.response.write_eof()
         return self.response
+
+
+def _hostile_text(frame: WireFrame) -> TextFrame:
+    if not isinstance(frame, TextFrame):
+        # serve() refuses the WebSocket-only presets over HTTP before anything is sent.
+        raise TypeError(f"{type(frame).__name__} cannot be sent over HTTP")
+    return frame
 
 
 # -- REST on stored responses --------------------------------------------------------------

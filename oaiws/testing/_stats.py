@@ -31,6 +31,7 @@ STAT_KEYS = (
     "http_requests",
     "errors_sent",
     "faults_applied",
+    "hostile_frames_sent",
     "connections_closed_max_age",
     "connections_closed_idle",
     "connections_closed_ping_timeout",

@@ -16,6 +16,7 @@ from aiohttp import WSMsgType, web
 
 from ._engine import ConnectionAborted, ServerContext, serve
 from ._faults import Fault
+from ._hostile import OPCODE_TEXT, FragmentFlood, RawFrame, TextFrame, WireFrame
 from ._requests import STREAM_ID_PATTERN, CreateRequest, RequestError, parse_create
 from ._state import ConnectionCache
 
@@ -63,6 +64,9 @@ class WebSocketSession:
         # At most this many responses are generated at once; further creates wait their turn.
         self.active = asyncio.Semaphore(MAX_ACTIVE_RESPONSES)
         self.closing = False
+        # Set once a hostile raw frame left the wire inside a message or a frame: a data frame
+        # sent after it could never be read as one, so none is sent (control frames still are).
+        self.wire_broken = False
         self.close_request: Optional[tuple[int, str]] = None
         self.reader: Optional[asyncio.Task[None]] = None
         self.ping_sent_at: Optional[float] = None
@@ -313,7 +317,38 @@ class WebSocketSession:
             raise ConnectionAborted
         try:
             async with self.send_lock:
+                # Checked under the lock: a flood may have opened its message while we waited.
+                if self.wire_broken:
+                    raise ConnectionAborted
                 await self.ws.send_str(text)
+        except ConnectionAborted:
+            raise
+        except Exception as exc:
+            raise ConnectionAborted from exc
+
+    async def send_raw_frame(self, frame: RawFrame) -> None:
+        """Write one RFC 6455 frame exactly as given, straight onto the transport.
+
+        aiohttp refuses what hostile frames are made of (invalid UTF-8, lying lengths, open
+        fragments), so they bypass it; the send lock keeps them from interleaving with its
+        frames. Waiting for the transport to drain means a flood goes no faster than the client
+        reads, and stops as soon as the client is gone.
+        """
+        if self.closing or self.ws.closed:
+            raise ConnectionAborted
+        try:
+            async with self.send_lock:
+                transport = self.request.transport
+                if transport is None or transport.is_closing():
+                    raise ConnectionAborted
+                # Two writes with no await between them: nothing can land inside the frame.
+                transport.write(frame.header())
+                transport.write(frame.payload)
+                if frame.leaves_message_open:
+                    self.wire_broken = True
+                await self.request.writer.drain()
+        except ConnectionAborted:
+            raise
         except Exception as exc:
             raise ConnectionAborted from exc
 
@@ -325,19 +360,24 @@ class WebSocketSession:
 
 
 class _WebSocketSink:
+    websocket = True
+
     def __init__(self, session: WebSocketSession, stream_id: Optional[str]) -> None:
         self.session = session
         self.stream_id = stream_id
 
-    async def _counted(self, sending: Awaitable[None]) -> None:
+    async def _counted(self, sending: Awaitable[None], *, hostile: bool = False) -> None:
         # Counted before the frame leaves, so a client that has read it also sees it in
         # stats(); taken back when the socket refused it.
         stats = self.session.ctx.stats
-        stats.add("events_sent")
+        keys = ("events_sent", "hostile_frames_sent") if hostile else ("events_sent",)
+        for key in keys:
+            stats.add(key)
         try:
             await sending
         except BaseException:
-            stats.add("events_sent", -1)
+            for key in keys:
+                stats.add(key, -1)
             raise
 
     async def send_event(self, event: dict[str, Any]) -> None:
@@ -360,9 +400,39 @@ class _WebSocketSink:
             raise ConnectionAborted
         try:
             async with self.session.send_lock:
+                if self.session.wire_broken:
+                    raise ConnectionAborted
                 await self.session.ws.send_bytes(b"\x00\x01oaiws-emulator-binary-frame")
+        except ConnectionAborted:
+            raise
         except Exception as exc:
             raise ConnectionAborted from exc
+
+    async def send_hostile(self, frame: WireFrame) -> None:
+        session = self.session
+        if isinstance(frame, TextFrame):
+            try:
+                text = frame.payload.decode()
+            except UnicodeDecodeError:
+                # send_str cannot carry bytes that are not UTF-8: a raw TEXT frame can.
+                await self._counted(
+                    session.send_raw_frame(RawFrame(True, OPCODE_TEXT, frame.payload)),
+                    hostile=True,
+                )
+            else:
+                await self._counted(session.send_text(text), hostile=True)
+        elif isinstance(frame, RawFrame):
+            await self._counted(session.send_raw_frame(frame), hostile=True)
+        else:
+            await self._flood(frame)
+
+    async def _flood(self, flood: FragmentFlood) -> None:
+        # One hostile frame (one message that never ends), counted when its first fragment
+        # leaves; the client closing mid-flood ends the request, not the count.
+        frames = flood.frames()
+        await self._counted(self.session.send_raw_frame(next(frames)), hostile=True)
+        for frame in frames:
+            await self.session.send_raw_frame(frame)
 
     async def abort(self, close_code: Optional[int]) -> None:
         self.session.close_soon(close_code, "fault injected")
