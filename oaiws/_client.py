@@ -1,17 +1,16 @@
-"""``Client``: the public entry point. Owns the configuration and the connection pool."""
+"""``Client``: the public entry point. Builds the runtime (configuration, pool, statistics)
+that its streams and conversations share."""
 
 from __future__ import annotations
 
-import math
-import threading
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Optional, Union
 
 from ._config import ClientConfig, display_url
-from ._pool import Pool
-from ._stream import ResponseStream, build_payload, collect_response
+from ._runtime import Runtime
+from ._stream import ResponseStream, collect_response
 from .conversation import Conversation
-from .errors import ClientClosedError, ConfigurationError
+from .errors import ConfigurationError
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -39,8 +38,9 @@ class Client:
     for the silence between two events), ``max_retries``, TLS ``verify`` and ``proxy``.
     ``affinity_wait`` (seconds, default 1.0; 0 turns holds off) is how long a conversation's
     connection is kept for its next turn, and so the most a hold may delay anyone else.
-    Nothing touches the network until the first request (``min_connections`` are opened in
-    the background at once).
+    ``max_message_size`` (bytes, default 64 MiB) is the largest message accepted from the
+    server. Nothing touches the network until the first request (``min_connections`` are
+    opened in the background at once).
     """
 
     def __init__(
@@ -65,8 +65,9 @@ class Client:
         verify: Union[bool, str] = True,
         proxy: Optional[str] = None,
         affinity_wait: float = 1.0,
+        max_message_size: int = 64 * 1024 * 1024,
     ) -> None:
-        self._config = ClientConfig.resolve(
+        config = ClientConfig.resolve(
             api_key=api_key,
             base_url=base_url,
             websocket_url=websocket_url,
@@ -86,15 +87,14 @@ class Client:
             verify=verify,
             proxy=proxy,
             affinity_wait=affinity_wait,
+            max_message_size=max_message_size,
         )
-        self._pool = Pool(self._config)
-        self._lock = threading.Lock()
-        self._closed = False
+        self._runtime = Runtime(config)
 
     @property
     def config(self) -> ClientConfig:
         """The resolved options (its repr never shows the key)."""
-        return self._config
+        return self._runtime.config
 
     def generate_response(
         self, *, timeout: Optional[float] = None, **fields: Any
@@ -107,8 +107,8 @@ class Client:
         sends. ``timeout`` bounds the whole request in seconds (pool wait, retries and
         reading), on top of the client's ``read_timeout`` between two events.
         """
-        payload, seconds = self._prepare(fields, timeout)
-        return ResponseStream(self._pool, self._config, payload, timeout=seconds)
+        payload, seconds = self._runtime.prepare(fields, timeout)
+        return ResponseStream(self._runtime, payload, timeout=seconds)
 
     def create_response(self, *, timeout: Optional[float] = None, **fields: Any) -> Response:
         """Run a response to its end and return it.
@@ -117,8 +117,8 @@ class Client:
         raised; an ``error`` event raises. Since nothing was shown to the caller, a connection
         lost midway is retried as a whole request within ``max_retries``.
         """
-        payload, seconds = self._prepare(fields, timeout)
-        return collect_response(self._pool, self._config, payload, timeout=seconds)
+        payload, seconds = self._runtime.prepare(fields, timeout)
+        return collect_response(self._runtime, payload, timeout=seconds)
 
     def conversation(self, *, timeout: Optional[float] = None, **defaults: Any) -> Conversation:
         """A multi-turn conversation that keeps its transcript and chains its turns.
@@ -128,11 +128,8 @@ class Client:
         continue on the connection holding the previous response and replay the transcript
         when that is not possible; see ``Conversation``. Checked now, nothing is sent.
         """
-        if self._closed:
-            raise ClientClosedError("this client is closed: create a new oaiws.Client")
-        if timeout is not None:
-            self._check_timeout(timeout)
-        return Conversation(self, timeout=timeout, **defaults)
+        self._runtime.check_open()
+        return Conversation(self._runtime, timeout=Runtime.check_timeout(timeout), **defaults)
 
     def warm(self, *, timeout: Optional[float] = None, **fields: Any) -> Response:
         """Warm a connection up: ``generate: false`` with these fields (``model``,
@@ -143,45 +140,22 @@ class Client:
         """
         if "generate" in fields:
             raise ConfigurationError("warm() sends generate=False itself: remove generate=")
-        payload, seconds = self._prepare({**fields, "generate": False}, timeout)
-        return collect_response(self._pool, self._config, payload, timeout=seconds)
-
-    def _check_timeout(self, timeout: Any) -> None:
-        if (
-            isinstance(timeout, bool)
-            or not isinstance(timeout, (int, float))
-            or not math.isfinite(timeout)
-            or timeout <= 0
-        ):
-            raise ConfigurationError("timeout must be a positive number of seconds or None")
-
-    def _prepare(
-        self, fields: Mapping[str, Any], timeout: Optional[float]
-    ) -> tuple[dict[str, Any], Optional[float]]:
-        if self._closed:
-            raise ClientClosedError("this client is closed: create a new oaiws.Client")
-        payload = build_payload(fields)
-        if timeout is not None:
-            self._check_timeout(timeout)
-        self._config.require_api_key()
-        return payload, None if timeout is None else float(timeout)
+        payload, seconds = self._runtime.prepare({**fields, "generate": False}, timeout)
+        return collect_response(self._runtime, payload, timeout=seconds)
 
     def pool_stats(self) -> dict[str, Any]:
-        """The pool's counters (handshakes, requests, connections open/idle/in use, retries,
-        ``affinity_hits``, ``affinity_misses``, ``replays``, holds...)."""
-        return dict(self._pool.stats())
+        """The pool's gauges and counters (handshakes, requests, connections open/idle/in use,
+        retries, resends, ``affinity_hits``, ``affinity_misses``, ``replays``, holds...)."""
+        return self._runtime.pool.stats()
 
     def close(self) -> None:
-        """Close every connection. Idempotent; requests in flight fail with a connection error."""
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-        self._pool.close()
+        """Close every connection: idle ones now, those serving a request when the request
+        ends. Idempotent; later calls raise ``ClientClosedError``."""
+        self._runtime.close()
 
     @property
     def closed(self) -> bool:
-        return self._closed
+        return self._runtime.closed
 
     def __enter__(self) -> Client:
         return self
@@ -195,8 +169,9 @@ class Client:
         self.close()
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else "open"
+        config = self._runtime.config
+        state = "closed" if self._runtime.closed else "open"
         return (
-            f"<oaiws.Client {display_url(self._config.websocket_url)} "
-            f"max_connections={self._config.max_connections} {state}>"
+            f"<oaiws.Client {display_url(config.websocket_url)} "
+            f"max_connections={config.max_connections} {state}>"
         )

@@ -40,6 +40,9 @@ _SECRET_HEADERS = _CREDENTIAL_HEADERS | {"cookie", "proxy-authorization"}
 # The protocol gives the WebSocket the same path as the HTTP create endpoint.
 _RESPONSES_PATH = "/responses"
 
+# A message below this could not even hold a finished response of a few words.
+_MIN_MESSAGE_SIZE = 4096
+
 _WS_SCHEME_FOR = {"https": "wss", "http": "ws", "wss": "wss", "ws": "ws"}
 _PROXY_SCHEMES = frozenset({"http", "socks4", "socks4a", "socks5", "socks5h"})
 _DEFAULT_PROXY_PORT = {
@@ -206,6 +209,8 @@ class ClientConfig:
     proxy: Optional[ProxySettings]
     # Seconds a conversation's connection is kept for its next turn (0: never); see _pool.
     affinity_wait: float = 1.0
+    # The largest message accepted from the server, in bytes; see _frames.
+    max_message_size: int = 64 * 1024 * 1024
 
     @classmethod
     def resolve(
@@ -230,6 +235,7 @@ class ClientConfig:
         verify: Union[bool, str] = True,
         proxy: Optional[str] = None,
         affinity_wait: float = 1.0,
+        max_message_size: int = 64 * 1024 * 1024,
     ) -> ClientConfig:
         """Resolve arguments against the environment and validate every value.
 
@@ -286,6 +292,7 @@ class ClientConfig:
                 f"max_connections ({max_connections})"
             )
         max_retries = _count("max_retries", max_retries, minimum=0)
+        max_message_size = _count("max_message_size", max_message_size, minimum=_MIN_MESSAGE_SIZE)
         if (
             isinstance(affinity_wait, bool)
             or not isinstance(affinity_wait, (int, float))
@@ -343,6 +350,7 @@ class ClientConfig:
             verify=verify,
             proxy=proxy_settings,
             affinity_wait=float(affinity_wait),
+            max_message_size=max_message_size,
         )
 
     @property
@@ -413,6 +421,7 @@ class ClientConfig:
             ("verify", self.verify),
             ("proxy", self.proxy.display() if self.proxy is not None else None),
             ("affinity_wait", self.affinity_wait),
+            ("max_message_size", self.max_message_size),
         ]
         body = ", ".join(f"{name}={value!r}" for name, value in fields if value is not None)
         return f"ClientConfig({body})"

@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Any, Optional
 
+from .errors import ProtocolError
+
 __all__ = ["TERMINAL_EVENT_TYPES", "Event", "Fields", "Response", "ResponseAccumulator"]
 
 # The events that end one request. ``response.done`` is what some servers send instead of
@@ -173,30 +175,29 @@ class Response(Fields):
 
     @property
     def id(self) -> Optional[str]:
-        return self._data.get("id")
+        return _str_field(self._data, "id")
 
     @property
     def status(self) -> Optional[str]:
         """``completed``, ``failed``, ``incomplete`` (not errors); ``in_progress`` if partial."""
-        return self._data.get("status")
+        return _str_field(self._data, "status")
 
     @property
     def model(self) -> Optional[str]:
-        return self._data.get("model")
+        return _str_field(self._data, "model")
 
     @property
     def output(self) -> list[Fields]:
-        items = self._data.get("output") or []
-        return [Fields(item, "output item") for item in items if isinstance(item, dict)]
+        return [Fields(item, "output item") for item in _items_of(self._data.get("output"))]
 
     @property
     def output_text(self) -> str:
         """The text of every ``output_text`` part of every message, concatenated."""
         texts: list[str] = []
-        for item in self._data.get("output") or ():
-            if not isinstance(item, dict) or item.get("type") != "message":
+        for item in _items_of(self._data.get("output")):
+            if item.get("type") != "message":
                 continue
-            for part in item.get("content") or ():
+            for part in _items_of(item.get("content")):
                 if isinstance(part, dict) and part.get("type") == "output_text":
                     text = part.get("text")
                     if isinstance(text, str):
@@ -230,6 +231,18 @@ class Response(Fields):
         return f"Response(id={self.id!r}, status={self.status!r}, output_text={self.output_text!r})"
 
 
+def _items_of(value: Any) -> list[dict[str, Any]]:
+    """The objects of a list field; nothing when the server sent something else."""
+    if not isinstance(value, list):
+        return []
+    return [item for item in value if isinstance(item, dict)]
+
+
+def _str_field(data: dict[str, Any], name: str) -> Optional[str]:
+    value = data.get(name)
+    return value if isinstance(value, str) else None
+
+
 class ResponseAccumulator:
     """Builds a ``Response`` from a request's events, fed one at a time.
 
@@ -240,14 +253,21 @@ class ResponseAccumulator:
     ``add`` only queues the event: the work is done by ``build``, and skipped altogether when
     the terminal event carries the finished output, which is the common case. So a stream pays
     a list append per event, not a parse of it.
+
+    The server is not trusted: output items and parts are kept by the indices the events
+    name in sparse maps, never in lists padded up to an index, so the memory used is bounded
+    by what arrived whatever index is claimed (items and parts then appear in index order).
+    An ``output_index`` or ``content_index`` that is not a non-negative integer makes
+    ``build`` raise ``ProtocolError``; any other field of the wrong type is ignored.
     """
 
-    __slots__ = ("_args", "_chunks", "_items", "_queued", "_snapshot", "terminal_type")
+    __slots__ = ("_args", "_chunks", "_items", "_parts", "_queued", "_snapshot", "terminal_type")
 
     def __init__(self) -> None:
         self._queued: list[Mapping[str, Any]] = []
         self._snapshot: dict[str, Any] = {}
-        self._items: dict[int, dict[str, Any]] = {}
+        self._items: dict[int, dict[str, Any]] = {}  # output_index -> item
+        self._parts: dict[int, dict[int, dict[str, Any]]] = {}  # output_index -> index -> part
         self._chunks: dict[tuple[int, int, str], list[str]] = {}
         self._args: dict[int, list[str]] = {}
         self.terminal_type: Optional[str] = None
@@ -259,20 +279,28 @@ class ResponseAccumulator:
             self.terminal_type = str(kind)
 
     def build(self) -> Response:
-        """The response as known so far: final after a terminal event, partial before."""
+        """The response as known so far: final after a terminal event, partial before.
+
+        Raises ``ProtocolError`` when an event names an invalid index (see the class).
+        """
         queued, self._queued = self._queued, []
         last = queued[-1] if queued else None
-        if last is not None and last.get("type") in TERMINAL_EVENT_TYPES and not self._items:
+        if (
+            last is not None
+            and last.get("type") in TERMINAL_EVENT_TYPES
+            and not self._items
+            and not self._parts
+        ):
             response = last.get("response")
-            if isinstance(response, dict) and response.get("output"):
+            if isinstance(response, dict) and _is_list(response.get("output")):
                 self._snapshot = response
                 return Response(dict(response))
         for data in queued:
             self._apply(data)
         self._flush()
         data = dict(self._snapshot)
-        if not data.get("output") and self._items:
-            data["output"] = [self._items[index] for index in sorted(self._items)]
+        if not _is_list(data.get("output")) and (self._items or self._parts):
+            data["output"] = self._assemble()
         return Response(data)
 
     def _apply(self, data: Mapping[str, Any]) -> None:
@@ -282,24 +310,33 @@ class ResponseAccumulator:
             self._add_chunk(data, "text", data.get("delta"))
         elif kind == "response.function_call_arguments.delta":
             delta = data.get("delta")
+            index = _index(data, "output_index")
             if isinstance(delta, str):
-                self._args.setdefault(_index(data, "output_index"), []).append(delta)
+                self._args.setdefault(index, []).append(delta)
         elif kind in TERMINAL_EVENT_TYPES or kind in (
             "response.created",
             "response.in_progress",
             "response.queued",
         ):
-            self._take_snapshot(data)
+            response = data.get("response")
+            if isinstance(response, dict):
+                self._snapshot = response
         elif kind in ("response.output_item.added", "response.output_item.done"):
+            index = _index(data, "output_index")
             item = data.get("item")
             if isinstance(item, dict):
-                index = _index(data, "output_index")
                 self._items[index] = _copy_item(item)
                 self._drop_pending(index)
         elif kind in ("response.content_part.added", "response.content_part.done"):
+            output_index = _index(data, "output_index")
+            content_index = _index(data, "content_index")
             part = data.get("part")
             if isinstance(part, dict):
-                self._set_part(data, dict(part))
+                self._parts.setdefault(output_index, {})[content_index] = dict(part)
+                if kind == "response.content_part.done":
+                    # The finished part carries the whole text: pending deltas are in it.
+                    self._chunks.pop((output_index, content_index, "text"), None)
+                    self._chunks.pop((output_index, content_index, "refusal"), None)
         elif kind == "response.output_text.done":
             self._finish_part(data, "output_text", "text", data.get("text"))
         elif kind == "response.refusal.delta":
@@ -314,74 +351,53 @@ class ResponseAccumulator:
             if item is not None and isinstance(arguments, str):
                 item["arguments"] = arguments
 
-    def _take_snapshot(self, data: Mapping[str, Any]) -> None:
-        response = data.get("response")
-        if isinstance(response, dict):
-            self._snapshot = response
-
     def _add_chunk(self, data: Mapping[str, Any], key: str, delta: Any) -> None:
+        where = (_index(data, "output_index"), _index(data, "content_index"), key)
         if isinstance(delta, str):
-            where = (_index(data, "output_index"), _index(data, "content_index"), key)
             chunks = self._chunks.get(where)
             if chunks is None:
                 self._chunks[where] = [delta]
             else:
                 chunks.append(delta)
 
-    def _content(self, output_index: int) -> list[Any]:
-        item = self._items.get(output_index)
-        if item is None:
-            # A part before its item (a server skipping output_item.added): make the message.
-            item = {"type": "message", "role": "assistant", "content": []}
-            self._items[output_index] = item
-        content = item.get("content")
-        if not isinstance(content, list):
-            content = item["content"] = []
-        return content
-
-    def _set_part(self, data: Mapping[str, Any], part: dict[str, Any]) -> None:
-        output_index = _index(data, "output_index")
-        content_index = _index(data, "content_index")
-        content = self._content(output_index)
-        while len(content) <= content_index:
-            content.append({})
-        content[content_index] = part
-        if data.get("type") == "response.content_part.done":
-            # The finished part carries the whole text: pending deltas are already in it.
-            self._chunks.pop((output_index, content_index, "text"), None)
-            self._chunks.pop((output_index, content_index, "refusal"), None)
+    def _part(self, output_index: int, content_index: int, part_type: str) -> dict[str, Any]:
+        """The part at these indices, to complete: from a part event, else a copy of the
+        item's own part, else a new one of ``part_type``."""
+        parts = self._parts.setdefault(output_index, {})
+        part = parts.get(content_index)
+        if part is None:
+            content = self._items.get(output_index, {}).get("content")
+            existing = (
+                content[content_index]
+                if isinstance(content, list) and content_index < len(content)
+                else None
+            )
+            part = (
+                dict(existing) if isinstance(existing, dict) and existing else {"type": part_type}
+            )
+            parts[content_index] = part
+        return part
 
     def _finish_part(self, data: Mapping[str, Any], part_type: str, key: str, value: Any) -> None:
         output_index = _index(data, "output_index")
         content_index = _index(data, "content_index")
         self._chunks.pop((output_index, content_index, key), None)
-        if not isinstance(value, str):
-            return
-        content = self._content(output_index)
-        while len(content) <= content_index:
-            content.append({})
-        part = content[content_index]
-        if not isinstance(part, dict) or not part:
-            part = content[content_index] = {"type": part_type}
-        part[key] = value
+        if isinstance(value, str):
+            self._part(output_index, content_index, part_type)[key] = value
 
     def _drop_pending(self, output_index: int) -> None:
+        """An item event carries the item whole: what was pending for it is in it."""
         if self._chunks:
             for where in [w for w in self._chunks if w[0] == output_index]:
                 del self._chunks[where]
+        self._parts.pop(output_index, None)
         self._args.pop(output_index, None)
 
     def _flush(self) -> None:
         """Join pending deltas into their parts (idempotent: the chunk lists are emptied)."""
         for (output_index, content_index, key), chunks in self._chunks.items():
-            content = self._content(output_index)
-            while len(content) <= content_index:
-                content.append({})
-            part = content[content_index]
-            if not isinstance(part, dict) or not part:
-                part = content[content_index] = {
-                    "type": "output_text" if key == "text" else "refusal"
-                }
+            part_type = "output_text" if key == "text" else "refusal"
+            part = self._part(output_index, content_index, part_type)
             previous = part.get(key)
             part[key] = (previous if isinstance(previous, str) else "") + "".join(chunks)
         self._chunks.clear()
@@ -391,10 +407,43 @@ class ResponseAccumulator:
             item["arguments"] = (previous if isinstance(previous, str) else "") + "".join(pieces)
         self._args.clear()
 
+    def _assemble(self) -> list[dict[str, Any]]:
+        """The output items in index order, each with its parts merged in."""
+        output = []
+        for index in sorted(self._items.keys() | self._parts.keys()):
+            item = self._items.get(index)
+            if item is None:
+                # Parts before their item (a server skipping output_item.added): a message.
+                item = {"type": "message", "role": "assistant", "content": []}
+            parts = self._parts.get(index)
+            if parts:
+                item = dict(item)
+                content = item.get("content")
+                merged = list(content) if isinstance(content, list) else []
+                for content_index in sorted(parts):
+                    if content_index < len(merged):
+                        merged[content_index] = parts[content_index]
+                    else:
+                        merged.append(parts[content_index])
+                item["content"] = merged
+            output.append(item)
+        return output
+
+
+def _is_list(value: Any) -> bool:
+    return isinstance(value, list) and bool(value)
+
 
 def _index(data: Mapping[str, Any], key: str) -> int:
+    """An ``output_index`` or ``content_index``: absent means 0 (some servers leave it out);
+    anything but a non-negative integer is a lie that the response cannot be built from."""
     value = data.get(key, 0)
-    return value if isinstance(value, int) else 0
+    if value.__class__ is int and value >= 0:
+        return int(value)
+    raise ProtocolError(
+        f"the server sent a {data.get('type')!r} event whose {key} is {value!r}, not a "
+        "non-negative integer: the response cannot be assembled from its events"
+    )
 
 
 def _copy_item(item: dict[str, Any]) -> dict[str, Any]:

@@ -30,7 +30,8 @@ if os.environ.get("OAIWS_JSON", "").strip().lower() not in ("json", "stdlib"):
 
 def _std_dumps(obj: Any) -> str:
     # Compact separators and raw UTF-8: smaller frames, and identical text to orjson's.
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+    # allow_nan=False: NaN and Infinity are not JSON, and the server would refuse the frame.
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
 def _std_dumpb(obj: Any) -> bytes:

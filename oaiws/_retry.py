@@ -1,15 +1,28 @@
-"""The retry policy, in one place: which failures are retried and how long to wait between tries.
+"""The retry policy, whole and in one place: what is tried again, what it costs, how long to wait.
 
-- Before any event reached the caller: network failures, handshake 429/5xx and ``error``
-  events with 429/5xx are retried with exponential backoff and jitter (``retry-after`` wins
-  when the server sent one), up to ``max_retries`` times.
-- Caller errors (other 4xx, bad credentials), protocol violations, a full pool and a request's
-  own total deadline are raised at once.
-- After output reached the caller nothing is retried (``StreamInterruptedError``); a buffered
-  request (``create_response``) yields nothing, so it may retry the whole request.
+One request is a series of attempts (acquire a connection, send ``response.create``, read the
+first event; for ``create_response`` the whole response). Every attempt that fails tells
+the policy what it knows in an ``AttemptFailed``: the error, and whether the request
+reached the wire. Then:
 
-Stale pooled connections and ``websocket_connection_limit_reached`` are not failures of the
-request: ``_stream`` replaces the connection and resends without spending a retry.
+- **Nothing was sent** (the send itself failed: a pooled connection the server had closed):
+  a free resend on another connection, at once. Bounded by ``max_connections + 1`` per
+  request (each pooled connection can be stale once, then a fresh one), after which such
+  failures count like the others.
+- **Anything was sent** (the handshake was answered or refused, the request went out): a
+  retry, counted against ``max_retries``, only for transient failures: network errors,
+  timeouts, 429 and 5xx (``retry-after`` honoured when it is sane), and
+  ``websocket_connection_limit_reached``. The pause is exponential with jitter, except after a
+  failure that a new connection cures (the connection limit; a pooled connection that broke
+  before answering), which is retried at once. So ``response.create`` is on the wire at most
+  ``1 + max_retries`` times, plus at most once more per try for a conversation's replay
+  after ``previous_response_not_found`` (a different request, not a retry).
+- **Never retried:** caller errors (other 4xx, bad credentials, ``insufficient_quota``),
+  protocol violations, a full pool, a closed client, the request's own ``timeout=``.
+- **After output reached the caller** nothing is retried: the exception carries the
+  ``events`` received and the ``partial_response`` (see ``oaiws.errors``). A buffered
+  request (``create_response``) shows nothing before the end, so it may retry the whole
+  request when the connection breaks midway.
 """
 
 from __future__ import annotations
@@ -17,16 +30,20 @@ from __future__ import annotations
 import logging
 import random
 import time
-from typing import Callable, Optional, TypeVar
+from typing import Callable, NoReturn, Optional, TypeVar
 
-from tenacity import RetryCallState, Retrying, retry_if_exception
+from tenacity import RetryCallState, Retrying
+from tenacity.retry import retry_base
 from tenacity.stop import stop_base
 from tenacity.wait import wait_base
 
+from ._stats import Stats
 from .errors import (
     APIConnectionError,
+    APIError,
     APIStatusError,
     APITimeoutError,
+    ConnectionLimitReachedError,
     PoolTimeoutError,
     StreamInterruptedError,
 )
@@ -35,11 +52,11 @@ __all__ = [
     "INITIAL_BACKOFF",
     "MAX_BACKOFF",
     "MAX_RETRY_AFTER",
+    "AttemptFailed",
     "TotalTimeoutError",
     "backoff_seconds",
-    "call",
     "is_retryable",
-    "retrying",
+    "run",
 ]
 
 log = logging.getLogger("oaiws")
@@ -62,6 +79,21 @@ _PERMANENT_CODES = frozenset({"insufficient_quota"})
 
 class TotalTimeoutError(APITimeoutError):
     """The request's own ``timeout=`` passed. Never retried: the caller's budget is spent."""
+
+
+class AttemptFailed(Exception):
+    """One attempt's failure, as the request layer saw it; the policy decides what follows.
+
+    ``sent``: the request reached the server (or the server was reached: a handshake was
+    answered). ``stale``: a pooled connection broke before answering, which a new connection
+    cures, so the retry needs no pause.
+    """
+
+    def __init__(self, error: APIError, *, sent: bool, stale: bool = False) -> None:
+        super().__init__(error)
+        self.error = error
+        self.sent = sent
+        self.stale = stale
 
 
 def is_retryable(error: BaseException, *, whole_request: bool = False) -> bool:
@@ -99,97 +131,175 @@ def backoff_seconds(attempt: int, retry_after: Optional[float] = None) -> float:
     return base * (1.0 - 0.25 * random.random())
 
 
-class _Wait(wait_base):
-    def __init__(self, deadline: Optional[float]) -> None:
-        self._deadline = deadline
+class _Budget:
+    """One request's spending: free resends left, retries made, and the latest decision."""
 
-    def __call__(self, retry_state: RetryCallState) -> float:
-        outcome = retry_state.outcome
-        error = outcome.exception() if outcome is not None else None
-        retry_after = error.retry_after if isinstance(error, APIStatusError) else None
-        pause = backoff_seconds(retry_state.attempt_number, retry_after)
-        if self._deadline is not None:
+    __slots__ = (
+        "deadline",
+        "free_resends",
+        "max_retries",
+        "pause",
+        "resend",
+        "retries",
+        "stats",
+        "whole_request",
+    )
+
+    def __init__(
+        self,
+        max_retries: int,
+        free_resends: int,
+        deadline: Optional[float],
+        whole_request: bool,
+        stats: Optional[Stats],
+    ) -> None:
+        self.max_retries = max_retries
+        self.free_resends = free_resends
+        self.deadline = deadline
+        self.whole_request = whole_request
+        self.stats = stats
+        self.retries = 0
+        self.pause: Optional[float] = None  # the decision for the latest failure
+        self.resend = False
+
+    def worth_a_look(self, failure: AttemptFailed) -> bool:
+        """Whether the policy could try again at all (no side effect): the fast path's test."""
+        if not failure.sent and self.free_resends > 0:
+            return True
+        return self.max_retries > 0 and is_retryable(
+            failure.error, whole_request=self.whole_request
+        )
+
+    def decide(self, failure: BaseException) -> bool:
+        """Decide about one failure: True to try again (``pause`` set), False to give up."""
+        self.pause = None
+        self.resend = False
+        if not isinstance(failure, AttemptFailed):
+            return False  # not an attempt's failure (a bug, an interruption): never retried
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            return False
+        if not failure.sent and self.free_resends > 0:
+            self.free_resends -= 1
+            self.resend = True
+            self.pause = 0.0
+            return True
+        error = failure.error
+        if self.retries >= self.max_retries or not is_retryable(
+            error, whole_request=self.whole_request
+        ):
+            return False
+        self.retries += 1
+        if failure.stale or isinstance(error, ConnectionLimitReachedError):
+            pause = 0.0
+        else:
+            retry_after = error.retry_after if isinstance(error, APIStatusError) else None
+            pause = backoff_seconds(self.retries, retry_after)
+        if self.deadline is not None:
             # Never sleep past the request's deadline; the next try will report it.
-            pause = min(pause, max(0.0, self._deadline - time.monotonic()))
-        return pause
+            pause = min(pause, max(0.0, self.deadline - time.monotonic()))
+        self.pause = pause
+        return True
+
+
+class _Retry(retry_base):
+    # tenacity asks this first for every failure (every version): the decision is made here
+    # once, and the stop and wait below read it.
+    def __init__(self, budget: _Budget) -> None:
+        self._budget = budget
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        outcome = retry_state.outcome
+        if outcome is None or not outcome.failed:
+            return False
+        return self._budget.decide(outcome.exception())  # type: ignore[arg-type]
 
 
 class _Stop(stop_base):
-    def __init__(self, max_retries: int, deadline: Optional[float]) -> None:
-        self._max_attempts = max_retries + 1
-        self._deadline = deadline
+    def __init__(self, budget: _Budget) -> None:
+        self._budget = budget
 
     def __call__(self, retry_state: RetryCallState) -> bool:
-        if retry_state.attempt_number >= self._max_attempts:
-            return True
-        return self._deadline is not None and time.monotonic() >= self._deadline
+        return self._budget.pause is None
+
+
+class _Wait(wait_base):
+    def __init__(self, budget: _Budget) -> None:
+        self._budget = budget
+
+    def __call__(self, retry_state: RetryCallState) -> float:
+        return self._budget.pause or 0.0
 
 
 def _describe(error: Optional[BaseException]) -> str:
     # Class, status and code only: messages may quote what the server received.
+    if isinstance(error, AttemptFailed):
+        error = error.error
     if isinstance(error, APIStatusError):
         return f"{type(error).__name__}(status={error.status_code}, code={error.code})"
     return type(error).__name__
 
 
-def retrying(
-    max_retries: int,
-    deadline: Optional[float] = None,
-    *,
-    whole_request: bool = False,
-    on_retry: Optional[Callable[[], None]] = None,
-) -> Retrying:
-    """A fresh ``tenacity.Retrying`` for one request (they keep per-call state: never share)."""
-
-    def before_sleep(retry_state: RetryCallState) -> None:
-        outcome = retry_state.outcome
-        error = outcome.exception() if outcome is not None else None
-        pause = retry_state.next_action.sleep if retry_state.next_action is not None else 0.0
-        log.debug(
-            "retrying request in %.2fs after %s (retry %d of %d)",
-            pause,
-            _describe(error),
-            retry_state.attempt_number,
-            max_retries,
-        )
-        if on_retry is not None:
-            on_retry()
-
-    return Retrying(
-        stop=_Stop(max_retries, deadline),
-        wait=_Wait(deadline),
-        retry=retry_if_exception(lambda error: is_retryable(error, whole_request=whole_request)),
-        before_sleep=before_sleep,
-        reraise=True,
-    )
-
-
-def call(
+def run(
     attempt: Callable[[], T],
-    max_retries: int,
-    deadline: Optional[float] = None,
     *,
+    max_retries: int,
+    free_resends: int,
+    deadline: Optional[float] = None,
     whole_request: bool = False,
-    on_retry: Optional[Callable[[], None]] = None,
+    stats: Optional[Stats] = None,
 ) -> T:
-    """Run ``attempt`` under the policy and return its result.
+    """Run ``attempt`` under the policy and return its result, or raise the final error.
 
-    The first try runs before any tenacity machinery is built: it almost always succeeds, and
-    a ``Retrying`` costs more to set up than the rest of a warm request's bookkeeping. When it
-    fails with something worth retrying, tenacity takes over as if it had made that first try
-    itself (same counting, same pauses, same logs).
+    ``attempt`` raises ``AttemptFailed`` for its failures; anything else it raises passes
+    through untouched and is never retried. The first try runs before any tenacity machinery
+    is built: it almost always succeeds, and a ``Retrying`` costs more to set up than the
+    rest of a warm request's bookkeeping. When it fails with something worth another look,
+    tenacity takes over as if it had made that first try itself.
     """
+    budget = _Budget(max_retries, free_resends, deadline, whole_request, stats)
     try:
         return attempt()
-    except Exception as error:
-        if max_retries == 0 or not is_retryable(error, whole_request=whole_request):
-            raise
-        first_failure: list[Exception] = [error]
+    except AttemptFailed as failure:
+        if not budget.worth_a_look(failure):
+            _give_up(failure)
+        first_failure: list[AttemptFailed] = [failure]
 
     def replay_then_attempt() -> T:
         if first_failure:
             raise first_failure.pop()
         return attempt()
 
-    policy = retrying(max_retries, deadline, whole_request=whole_request, on_retry=on_retry)
-    return policy(replay_then_attempt)
+    def before_sleep(retry_state: RetryCallState) -> None:
+        outcome = retry_state.outcome
+        error = outcome.exception() if outcome is not None else None
+        if budget.resend:
+            log.debug("resending at once after %s: nothing was sent", _describe(error))
+            if stats is not None:
+                stats.add("resends")
+            return
+        log.debug(
+            "retrying request in %.2fs after %s (retry %d of %d)",
+            budget.pause or 0.0,
+            _describe(error),
+            budget.retries,
+            max_retries,
+        )
+        if stats is not None:
+            stats.add("retries")
+
+    policy = Retrying(
+        retry=_Retry(budget),
+        stop=_Stop(budget),
+        wait=_Wait(budget),
+        before_sleep=before_sleep,
+        reraise=True,
+    )
+    try:
+        return policy(replay_then_attempt)
+    except AttemptFailed as failure:
+        _give_up(failure)
+
+
+def _give_up(failure: AttemptFailed) -> NoReturn:
+    error = failure.error
+    raise error.with_traceback(error.__traceback__) from error.__cause__

@@ -1,9 +1,14 @@
-"""One request's life: validate -> acquire -> send -> read to a terminal event.
+"""One request's life: acquire -> send -> read to a terminal event.
 
 A request owns its connection from ``acquire`` until it has read the terminal event; only
 then does the connection go back to the pool. Every other exit (an error, a timeout, the
 caller breaking out of the loop or dropping the stream) closes it: its leftover events must
 never reach another request, and closing is the only way to stop a response being generated.
+
+The start of a request (acquire, send, first event) runs under the retry policy
+(``_retry``): each failure is reported as an ``AttemptFailed`` saying whether the request had
+reached the wire. Once an event has reached the caller nothing is retried, and every
+exception carries the events received and the partial response.
 
 The generator that yields the events holds a ``_Request`` and never the ``ResponseStream``
 that wraps it, so when the caller drops the stream the generator is finalised at once (no
@@ -13,20 +18,20 @@ reference cycle waiting for the garbage collector) and its ``finally`` closes th
 from __future__ import annotations
 
 import logging
-import re
 import time
-from collections.abc import Generator, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Optional, Protocol
+from collections.abc import Generator, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Protocol, TypeVar
 
-from . import _json, _retry
+from . import _retry
 from ._events import TERMINAL_EVENT_TYPES, Event, Response, ResponseAccumulator
+from ._retry import AttemptFailed
 from .errors import (
     APIConnectionError,
+    APIError,
     APIStatusError,
     APITimeoutError,
-    ConfigurationError,
-    ConnectionLimitReachedError,
     ProtocolError,
+    StreamClosedError,
     StreamInterruptedError,
     StreamTimeoutError,
     error_from_event,
@@ -35,137 +40,22 @@ from .errors import (
 if TYPE_CHECKING:
     from types import TracebackType
 
-    from ._config import ClientConfig
     from ._connection import Connection
-    from ._pool import Pool
+    from ._runtime import Runtime
 
-__all__ = ["ResponseStream", "Turn", "build_payload", "collect_response"]
+__all__ = ["ResponseStream", "Turn", "collect_response"]
 
 log = logging.getLogger("oaiws")
 
-# Fields the WebSocket transport decides itself: streaming is implicit, background mode does
-# not exist over a socket, and the event type is ours to set.
-_REFUSED_FIELDS = {
-    "stream": "WebSocket mode always streams: remove stream= (use create_response() for a "
-    "single finished Response)",
-    "stream_options": "WebSocket mode has no stream_options: remove it",
-    "background": "background mode is not supported over WebSocket: remove background= "
-    "(or use the HTTP API for background responses)",
-    "type": "type is set by oaiws (response.create): remove it",
-}
-_STR_FIELDS = (
-    "previous_response_id",
-    "instructions",
-    "user",
-    "safety_identifier",
-    "prompt_cache_key",
-    "service_tier",
-    "truncation",
-)
-_BOOL_FIELDS = ("store", "parallel_tool_calls", "generate")
-_LIST_FIELDS = ("tools", "include", "context_management")
-_MAPPING_FIELDS = ("metadata", "reasoning", "text")
-_STREAM_ID = re.compile(r"[A-Za-z0-9_.-]{1,256}")
+_E = TypeVar("_E", bound=APIError)
 
-
-def build_payload(fields: Mapping[str, Any]) -> dict[str, Any]:
-    """Check the ``response.create`` fields and build the event, before any network traffic.
-
-    Keys whose value is ``None`` are left out: the server rejects explicit nulls.
-    Raises ``ConfigurationError`` with a message that says what to change.
-    """
-    payload: dict[str, Any] = {"type": "response.create"}
-    for key, value in fields.items():
-        if key in _REFUSED_FIELDS:
-            if key == "background" and not value:
-                continue  # background=False asks for what we do anyway
-            if value is not None or key == "type":
-                raise ConfigurationError(_REFUSED_FIELDS[key])
-        if value is not None:
-            payload[key] = value
-
-    model = payload.get("model")
-    if not isinstance(model, str) or not model.strip():
-        raise ConfigurationError("model must be a non-empty string, e.g. model='gpt-5.5'")
-    if "input" in payload:
-        payload["input"] = _check_input(payload["input"])
-    elif (
-        "previous_response_id" not in payload
-        and "prompt" not in payload
-        and payload.get("generate") is not False  # a warm-up may carry no input
-    ):
-        raise ConfigurationError("input is required: a string or a list of input items")
-    for key in _STR_FIELDS:
-        if key in payload and not isinstance(payload[key], str):
-            raise ConfigurationError(f"{key} must be a str, not {type(payload[key]).__name__}")
-    if payload.get("previous_response_id") == "":
-        raise ConfigurationError("previous_response_id must not be empty: leave it out instead")
-    for key in _BOOL_FIELDS:
-        if key in payload and not isinstance(payload[key], bool):
-            raise ConfigurationError(f"{key} must be True or False")
-    for key in _LIST_FIELDS:
-        if key in payload:
-            payload[key] = _check_list(key, payload[key])
-    for key in _MAPPING_FIELDS:
-        if key in payload and not isinstance(payload[key], Mapping):
-            raise ConfigurationError(f"{key} must be a dict, not {type(payload[key]).__name__}")
-    if "metadata" in payload and not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in payload["metadata"].items()
-    ):
-        raise ConfigurationError("metadata keys and values must be strings")
-    if "max_output_tokens" in payload:
-        value = payload["max_output_tokens"]
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ConfigurationError("max_output_tokens must be a positive integer")
-    for key in ("temperature", "top_p"):
-        if key in payload and not _is_number(payload[key]):
-            raise ConfigurationError(f"{key} must be a number")
-    if "stream_id" in payload and not (
-        isinstance(payload["stream_id"], str) and _STREAM_ID.fullmatch(payload["stream_id"])
-    ):
-        raise ConfigurationError("stream_id must be 1-256 characters of A-Z a-z 0-9 _ . -")
-    try:
-        _json.dumps(payload)
-    except (TypeError, ValueError) as error:
-        raise ConfigurationError(f"the request cannot be sent as JSON: {error}") from None
-    return payload
-
-
-def _check_input(value: Any) -> Any:
-    if isinstance(value, str):
-        return value
-    if isinstance(value, (list, tuple)):
-        return [_as_item(item) for item in value]
-    raise ConfigurationError(
-        f"input must be a string or a list of input items (dicts), not {type(value).__name__}"
-    )
-
-
-def _as_item(item: Any) -> Any:
-    if isinstance(item, Mapping):
-        return item
-    dump = getattr(item, "model_dump", None)  # typed models of the openai package
-    if callable(dump):
-        return dump(exclude_none=True)
-    raise ConfigurationError(
-        f"each input item must be a dict like {{'role': 'user', 'content': '...'}}, "
-        f"not {type(item).__name__}"
-    )
-
-
-def _check_list(key: str, value: Any) -> list[Any]:
-    if not isinstance(value, (list, tuple)):
-        raise ConfigurationError(f"{key} must be a list, not {type(value).__name__}")
-    return [_as_item(item) if key == "tools" else item for item in value]
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+# The statuses a conversation's chain may continue from (the connection is held for them).
+_CONTINUABLE = ("completed", "incomplete")
 
 
 def _not_found(data: Any) -> bool:
     """Whether a first frame is the ``previous_response_not_found`` error (either shape)."""
-    if not isinstance(data, dict) or data.get("type") != "error":
+    if data.__class__ is not dict or data.get("type") != "error":
         return False
     nested = data.get("error")
     fields = nested if isinstance(nested, dict) else data
@@ -193,24 +83,24 @@ class _Request:
 
     __slots__ = (
         "accumulator",
-        "config",
         "conn",
         "deadline",
         "events",
+        "failure",
         "hold",
         "payload",
-        "pool",
         "replay",
+        "request_id",
         "response",
         "retry_start",
+        "runtime",
         "timeout",
         "turn",
     )
 
     def __init__(
         self,
-        pool: Pool,
-        config: ClientConfig,
+        runtime: Runtime,
         payload: dict[str, Any],
         timeout: Optional[float],
         *,
@@ -220,8 +110,7 @@ class _Request:
         hold: bool = False,
         turn: Optional[Turn] = None,
     ) -> None:
-        self.pool = pool
-        self.config = config
+        self.runtime = runtime
         self.payload = payload
         # The same request with the whole transcript as input and no previous_response_id:
         # sent instead of the continuation when the chain cannot be continued (a conversation).
@@ -232,9 +121,11 @@ class _Request:
         self.deadline = deadline
         self.retry_start = retry_start
         self.conn: Optional[Connection] = None
+        self.request_id: Optional[str] = None  # the x-request-id of the last connection's upgrade
         self.accumulator = ResponseAccumulator()
         self.events: list[Event] = []
         self.response: Optional[Response] = None
+        self.failure: Optional[BaseException] = None  # what ended the stream, if not its end
 
     # --- deadlines -------------------------------------------------------------------------
 
@@ -243,21 +134,23 @@ class _Request:
             return None
         remaining = self.deadline - time.monotonic()
         if remaining <= 0:
-            raise _retry.TotalTimeoutError(
-                f"the request did not finish within its timeout of {self.timeout}s"
-            )
+            raise self._total_timeout()
         return remaining
 
     def _bounded(self, seconds: float) -> float:
         remaining = self._remaining()
         return seconds if remaining is None else min(seconds, remaining)
 
+    def _total_timeout(self) -> _retry.TotalTimeoutError:
+        return _retry.TotalTimeoutError(
+            f"the request did not finish within its timeout of {self.timeout}s",
+            request_id=self.request_id,
+        )
+
     def _timed_out(self, error: APITimeoutError) -> APITimeoutError:
         """The error for a receive that timed out: the total deadline's when that one passed."""
         if self.deadline is not None and time.monotonic() >= self.deadline - 0.001:
-            return _retry.TotalTimeoutError(
-                f"the request did not finish within its timeout of {self.timeout}s"
-            )
+            return self._total_timeout()
         return error
 
     # --- the connection --------------------------------------------------------------------
@@ -265,74 +158,86 @@ class _Request:
     def drop_connection(self, reason: str, *, lost: bool = False) -> None:
         conn, self.conn = self.conn, None
         if conn is not None:
-            self.pool.discard(conn, reason, lost=lost)  # the pool logs it
+            self.runtime.pool.discard(conn, reason, lost=lost)  # the pool logs it
 
-    def _return_connection(self, response_id: Optional[str], *, hold: bool = False) -> None:
+    def _return_connection(self, *, hold: bool = False) -> None:
         conn, self.conn = self.conn, None
         if conn is not None:
-            # The server's connection-local cache now holds this response: let the pool
-            # route its continuation here.
-            conn.last_response_id = response_id
-            self.pool.release(conn, hold=hold)
+            self.runtime.pool.release(conn, hold=hold)
 
-    # --- the start, inside the retry scope -------------------------------------------------
+    # --- the start, under the retry policy -------------------------------------------------
 
     def start(self) -> dict[str, Any]:
-        """Acquire, send, and read the first event; retried as a whole when allowed."""
+        """Acquire, send, and read the first event (checked); retried as a whole when allowed.
+
+        With ``retry_start`` false (``collect_response``, which retries the whole request
+        itself) an attempt's failure leaves as ``AttemptFailed``.
+        """
         if self.turn is not None:
             self.payload, self.replay = self.turn.begin()
         if self.timeout is not None and self.deadline is None:
             self.deadline = time.monotonic() + self.timeout
         if not self.retry_start:
             return self._attempt()
-        return _retry.call(
-            self._attempt, self.config.max_retries, self.deadline, on_retry=self.pool.record_retry
+        config = self.runtime.config
+        return _retry.run(
+            self._attempt,
+            max_retries=config.max_retries,
+            free_resends=config.max_connections + 1,
+            deadline=self.deadline,
+            stats=self.runtime.stats,
         )
 
     def _attempt(self) -> dict[str, Any]:
-        # A stale pooled connection or a retired one is not the request's failure: replace it
-        # and resend without spending a retry. Bounded, so a broken server cannot loop us.
-        free_resends = self.config.max_connections + 1
+        config = self.runtime.config
         affinity = self.payload.get("previous_response_id")
-        while True:
-            conn = self.pool.acquire(self._bounded(self.config.pool_timeout), affinity)
-            self.conn = conn
-            reused = conn.requests_started > 0
-            payload = self._payload_for(conn, affinity)
-            try:
+        try:
+            conn = self.runtime.pool.acquire(self._bounded(config.pool_timeout), affinity)
+        except APIError as error:
+            # The handshake reached the server (or the pool is full, or time is up): what the
+            # policy makes of it depends on the error alone.
+            raise AttemptFailed(self._context(error), sent=True) from None
+        self.conn = conn
+        self.request_id = conn.request_id
+        reused = conn.requests_started > 0
+        payload = self._payload_for(conn, affinity)
+        try:
+            conn.send_json(payload)
+        except APIConnectionError as error:
+            # Nothing usable reached the server (a pooled connection it had closed): a free
+            # resend, bounded by the policy.
+            self.drop_connection("the send failed", lost=True)
+            raise AttemptFailed(self._context(error), sent=False) from None
+        except BaseException:
+            self.drop_connection("the request could not be sent")
+            raise
+        try:
+            data: dict[str, Any] = conn.recv_json(self._bounded(config.read_timeout))
+            if payload is not self.replay and self.replay is not None and _not_found(data):
+                # The server cannot continue the chain (expired, or never stored): send the
+                # whole transcript at once on the same connection. Nothing reached the
+                # caller; this is the conversation's plan B, not a retry of the request.
+                self.runtime.stats.add("replays")
+                log.debug("previous response not found: replaying the full context")
+                payload = self.replay
                 conn.send_json(payload)
-                data: dict[str, Any] = conn.recv_json(self._bounded(self.config.read_timeout))
-                if payload is not self.replay and self.replay is not None and _not_found(data):
-                    # The server cannot continue the chain (expired, or never stored): send
-                    # the whole transcript at once on the same connection. Nothing reached
-                    # the caller, and this is no failure of the request: no retry is spent.
-                    self.pool.record_replay()
-                    log.debug("previous response not found: replaying the full context")
-                    payload = self.replay
-                    conn.send_json(payload)
-                    data = conn.recv_json(self._bounded(self.config.read_timeout))
-            except APITimeoutError as error:
-                self.drop_connection("no first event before the deadline")
-                raise self._timed_out(error) from None
-            except APIConnectionError:
-                self.drop_connection("closed before the first event", lost=True)
-                if reused and free_resends > 0:
-                    free_resends -= 1
-                    log.debug("pooled connection was stale: resending on another one")
-                    continue
-                raise
-            except BaseException:
-                self.drop_connection("the first event could not be read")
-                raise
-            try:
-                self.check(data)
-            except ConnectionLimitReachedError:
-                if free_resends > 0:
-                    free_resends -= 1
-                    log.debug("connection reached its maximum age: resending on a new one")
-                    continue
-                raise
-            return data
+                data = conn.recv_json(self._bounded(config.read_timeout))
+            self.check(data)
+        except APITimeoutError as error:
+            self.drop_connection("no first event before the deadline")
+            raise AttemptFailed(self._context(self._timed_out(error)), sent=True) from None
+        except APIConnectionError as error:
+            # Closed before answering: on a pooled connection, most likely one the server had
+            # closed while it was idle, which a new connection cures at once.
+            self.drop_connection("closed before the first event", lost=True)
+            raise AttemptFailed(self._context(error), sent=True, stale=reused) from None
+        except APIError as error:  # a protocol violation, or an error event (check() raised)
+            self.drop_connection("the server broke the protocol")  # unless check() gave it back
+            raise AttemptFailed(self._context(error), sent=True) from None
+        except BaseException:
+            self.drop_connection("the first event could not be read")
+            raise
+        return data
 
     def _payload_for(self, conn: Connection, affinity: Optional[str]) -> dict[str, Any]:
         """The continuation, or the full replay when this connection cannot continue it.
@@ -348,36 +253,46 @@ class _Request:
             and conn.last_response_id != affinity
             and self.payload.get("store") is False
         ):
-            self.pool.record_replay()
+            self.runtime.stats.add("replays")
             return self.replay
         return self.payload
 
     # --- reading ---------------------------------------------------------------------------
 
-    def check(self, data: Any) -> None:
-        """Raise for a frame that is not an event or is an ``error`` event (ends the request)."""
-        if not isinstance(data, dict) or not isinstance(data.get("type"), str):
+    def check(self, data: Any) -> str:
+        """The frame's event type; raises for a frame that is not an event, or an ``error``
+        event (which ends the request). The one place a frame is judged."""
+        kind = data.get("type") if data.__class__ is dict else None
+        if kind.__class__ is str and kind != "error":
+            return str(kind)
+        if kind.__class__ is not str:
             self.drop_connection("the server sent a frame that is not an event")
-            raise ProtocolError("the server sent a JSON frame that is not an event (no type)")
-        if data["type"] != "error":
-            return
+            raise self._context(
+                ProtocolError(
+                    "the server sent a JSON frame that is not an event (no string type)",
+                    request_id=self.request_id,
+                )
+            )
         error = error_from_event(data, response_id=self._response_id())
         if isinstance(error, APIStatusError) and (error.status_code or 500) < 500:
             # A request-scoped error ends the request; the connection itself is sound.
-            self._return_connection(self.conn.last_response_id if self.conn else None)
+            self._return_connection()
         else:
             self.drop_connection(f"error event {getattr(error, 'code', None)}")
-        raise error
+        raise self._context(error)
 
     def receive(self) -> dict[str, Any]:
         """The next frame after events reached the caller: failures are interruptions."""
         conn = self.conn
         assert conn is not None  # held from start() until a terminal event
         try:
-            timeout = self.config.read_timeout
+            timeout = self.runtime.config.read_timeout
             if self.deadline is not None:
                 timeout = self._bounded(timeout)
             data: dict[str, Any] = conn.recv_json(timeout)
+        except _retry.TotalTimeoutError as error:
+            self.drop_connection("the request's timeout passed in the middle of a response")
+            raise self._interrupted(StreamTimeoutError, error.message) from error
         except APITimeoutError as error:
             self.drop_connection("timed out in the middle of a response")
             cause = self._timed_out(error)
@@ -385,26 +300,62 @@ class _Request:
         except APIConnectionError as error:
             self.drop_connection("connection lost in the middle of a response", lost=True)
             raise self._interrupted(StreamInterruptedError, error.message) from error
+        except ProtocolError as error:
+            self.drop_connection("the server broke the protocol")
+            raise self._context(error) from None
         return data
 
-    def finish(self) -> None:
+    def finish(self, data: dict[str, Any]) -> None:
         """After the terminal event: build the response and give the connection back."""
-        response = self.response = self.accumulator.build()
+        if data.get("response").__class__ is not dict:
+            self.drop_connection("a terminal event without a response")
+            raise self._context(
+                ProtocolError(
+                    f"the server ended the response with a {data['type']!r} event that has no "
+                    "response object",
+                    request_id=self.request_id,
+                )
+            )
+        try:
+            response = self.response = self.accumulator.build()
+        except ProtocolError as error:
+            self.drop_connection("the response could not be assembled")
+            raise self._context(error) from None
         # A failed response is not continued from (the server evicts what it continued), so
         # only a usable one is worth keeping the connection for.
-        keep = self.hold and response.status in ("completed", "incomplete")
-        self._return_connection(response.id, hold=keep)
+        self._return_connection(hold=self.hold and response.status in _CONTINUABLE)
         if self.turn is not None:
             self.turn.finished(response)
 
     def _interrupted(self, cls: type[StreamInterruptedError], cause: str) -> StreamInterruptedError:
-        return cls(
+        error = cls(
             f"{cause}; {len(self.events)} events had already been received, so the request is "
             "not retried (see .events and .partial_response)",
-            events=self.events,
-            partial_response=self.accumulator.build(),
-            response_id=self._response_id(),
+            request_id=self.request_id,
         )
+        self._context(error)
+        return error
+
+    def _context(self, error: _E) -> _E:
+        """``error`` with what this request knows: the upgrade's request id, the response id,
+        the events received and the partial response."""
+        error._add_context(
+            request_id=self.request_id,
+            response_id=self._response_id(),
+            events=self.events,
+            partial_response=self.partial(),
+        )
+        return error
+
+    def partial(self) -> Optional[Response]:
+        """The response accumulated so far; ``None`` before any event, or when the events
+        cannot be assembled (they named invalid indices)."""
+        if not self.events:
+            return None
+        try:
+            return self.accumulator.build()
+        except ProtocolError:
+            return None
 
     def _response_id(self) -> Optional[str]:
         for event in self.events[:3]:
@@ -418,22 +369,28 @@ def _events(request: _Request) -> Generator[Event, None, None]:
     # The hot loop of every stream: names are bound locally, the common path is a few dict
     # lookups, and anything unusual goes through request.check().
     try:
-        data = request.start()
+        data = request.start()  # checked: an event with a string type
+        kind = data["type"]
         add = request.accumulator.add
         keep = request.events.append
         while True:
-            kind = data.get("type") if data.__class__ is dict else None
-            if kind.__class__ is not str or kind == "error":
-                request.check(data)  # raises: not an event, or a request-scoped error
             add(data)
             event = Event(data)
             keep(event)
             if kind in TERMINAL_EVENT_TYPES:
-                request.finish()
+                request.finish(data)
                 yield event
                 return
             yield event
             data = request.receive()
+            kind = data.get("type") if data.__class__ is dict else None
+            if kind.__class__ is not str or kind == "error":
+                request.check(data)  # raises: not an event, or a request-scoped error
+    except GeneratorExit:
+        raise  # the caller closed the stream
+    except BaseException as failure:
+        request.failure = failure
+        raise
     finally:
         # Reached with the connection still held only when the response was not read to its
         # end: an error, a timeout, or the caller leaving early (break, exception, dropped).
@@ -455,8 +412,7 @@ class ResponseStream:
 
     def __init__(
         self,
-        pool: Pool,
-        config: ClientConfig,
+        runtime: Runtime,
         payload: dict[str, Any],
         *,
         timeout: Optional[float] = None,
@@ -464,7 +420,7 @@ class ResponseStream:
     ) -> None:
         # A conversation's turn plans its payload at the first next(): ``payload`` is then
         # only a placeholder (its model shows in the repr).
-        self._request = _Request(pool, config, payload, timeout, hold=turn is not None, turn=turn)
+        self._request = _Request(runtime, payload, timeout, hold=turn is not None, turn=turn)
         self._events = _events(self._request)
 
     def __iter__(self) -> Iterator[Event]:
@@ -484,13 +440,25 @@ class ResponseStream:
         return self._request.events
 
     def until_done(self) -> Response:
-        """Read the remaining events and return the finished response."""
+        """Read the remaining events and return the finished response.
+
+        On a stream that already failed, raises that failure again; on one that was closed
+        before its end (``close()``, ``break``, a ``with`` block), ``StreamClosedError``.
+        """
         for _ in self._events:
             pass
-        response = self._request.response
-        if response is None:  # pragma: no cover - the generator ends only at a terminal event
-            raise ProtocolError("the stream ended without a terminal event")
-        return response
+        request = self._request
+        if request.response is not None:
+            return request.response
+        if request.failure is not None:
+            raise request.failure
+        raise StreamClosedError(
+            "this stream was closed before its response ended (close(), break or the end of a "
+            "with block), so the rest of the response was never read; start a new request",
+            events=request.events,
+            partial_response=request.partial(),
+            response_id=request._response_id(),
+        )
 
     def close(self) -> None:
         """Stop: closes the connection unless the response was read to its end."""
@@ -514,8 +482,7 @@ class ResponseStream:
 
 
 def collect_response(
-    pool: Pool,
-    config: ClientConfig,
+    runtime: Runtime,
     payload: dict[str, Any],
     *,
     timeout: Optional[float],
@@ -525,7 +492,7 @@ def collect_response(
     """Run a request to its end without yielding anything: ``create_response``.
 
     Since the caller sees nothing until the end, a connection lost midway may be retried as a
-    whole request, under the same retry budget and total deadline. ``replay`` and ``hold``
+    whole request, under the same policy, budget and total deadline. ``replay`` and ``hold``
     are a conversation's (see ``_Request``): each try chooses between continuation and replay
     on the connection it gets.
     """
@@ -533,8 +500,7 @@ def collect_response(
 
     def attempt() -> Response:
         request = _Request(
-            pool,
-            config,
+            runtime,
             payload,
             timeout,
             retry_start=False,
@@ -542,11 +508,23 @@ def collect_response(
             replay=replay,
             hold=hold,
         )
-        for _ in _events(request):
-            pass
+        try:
+            for _ in _events(request):
+                pass
+        except AttemptFailed:
+            raise
+        except APIError as error:
+            # Midway: nothing reached the caller, so the policy may retry the whole request.
+            raise AttemptFailed(error, sent=True) from None
         assert request.response is not None  # the generator ends only at a terminal event
         return request.response
 
-    return _retry.call(
-        attempt, config.max_retries, deadline, whole_request=True, on_retry=pool.record_retry
+    config = runtime.config
+    return _retry.run(
+        attempt,
+        max_retries=config.max_retries,
+        free_resends=config.max_connections + 1,
+        deadline=deadline,
+        whole_request=True,
+        stats=runtime.stats,
     )

@@ -14,24 +14,28 @@ choose, on the connection it gets:
   once on the same connection.
 
 Between turns the pool holds the connection for the conversation's next turn, at most
-``affinity_wait`` seconds (see ``_pool``); ``close()`` gives it back at once.
+``affinity_wait`` seconds (see ``_pool``); ``close()`` gives it back at once, and so does
+dropping the conversation (its finalizer), like a dropped stream closes its connection.
 """
 
 from __future__ import annotations
 
 import copy
 import threading
+import weakref
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Optional, Union
 
-from ._stream import ResponseStream, build_payload, collect_response
+from ._payload import build_payload
+from ._stream import ResponseStream, collect_response
 from .errors import ConfigurationError, ConversationBusyError
 
 if TYPE_CHECKING:
     from types import TracebackType
 
-    from ._client import Client
     from ._events import Response
+    from ._pool import Pool
+    from ._runtime import Runtime
 
 __all__ = ["Conversation", "ConversationBusyError", "InputLike"]
 
@@ -52,6 +56,25 @@ _MANAGED_FIELDS = {
 _KEPT_STATUSES = ("completed", "incomplete")
 
 
+class _Chain:
+    """The id the next turn continues from: shared with the finalizer, which must not hold
+    the conversation itself."""
+
+    __slots__ = ("last_response_id",)
+
+    def __init__(self) -> None:
+        self.last_response_id: Optional[str] = None
+
+
+def _release_dropped(pool_ref: weakref.ReferenceType[Pool], chain: _Chain) -> None:
+    # A finalizer: it may run in any thread, at any moment, even in the middle of a pool
+    # transition in this very thread, so it only queues the release (wait=False).
+    pool = pool_ref()
+    response_id = chain.last_response_id
+    if pool is not None and response_id is not None:
+        pool.release_hold(response_id, wait=False)
+
+
 class Conversation:
     """A multi-turn conversation on a ``Client``: built by ``client.conversation(...)``.
 
@@ -61,23 +84,28 @@ class Conversation:
     concurrent use raises ``ConversationBusyError``.
     """
 
-    def __init__(self, client: Client, *, timeout: Optional[float] = None, **defaults: Any) -> None:
+    def __init__(
+        self, runtime: Runtime, *, timeout: Optional[float] = None, **defaults: Any
+    ) -> None:
         _refuse_managed(defaults)
         # Checked now, before any traffic: a bad default fails here, not at the first turn.
         build_payload({**defaults, "input": []})
-        self._client = client
+        self._runtime = runtime
         self._defaults = dict(defaults)
         self._timeout = timeout
         self._history: list[dict[str, Any]] = []
-        self._last_response_id: Optional[str] = None
+        self._chain = _Chain()
         self._busy = threading.Lock()
+        # Dropped without close(): the connection held for the next turn goes back at once.
+        finalizer = weakref.finalize(self, _release_dropped, weakref.ref(runtime.pool), self._chain)
+        finalizer.atexit = False
 
     # -- state ------------------------------------------------------------------------
 
     @property
     def last_response_id(self) -> Optional[str]:
         """The id the next turn continues from (``None`` before the first turn)."""
-        return self._last_response_id
+        return self._chain.last_response_id
 
     @property
     def history(self) -> list[dict[str, Any]]:
@@ -109,15 +137,9 @@ class Conversation:
         items = _as_items(input)
         with self._turn():
             payload, replay = self._plan(items, overrides)
-            client = self._client
-            payload, seconds = client._prepare(payload, self._turn_timeout(timeout))
+            payload, seconds = self._runtime.prepare(payload, self._turn_timeout(timeout))
             response = collect_response(
-                client._pool,
-                client.config,
-                payload,
-                timeout=seconds,
-                replay=replay,
-                hold=True,
+                self._runtime, payload, timeout=seconds, replay=replay, hold=True
             )
             self._commit(items, response)
         return response
@@ -136,12 +158,10 @@ class Conversation:
         _refuse_managed(overrides)
         seconds = self._turn_timeout(timeout)
         # Checked now, like every field of generate_response(), before anything is sent.
-        self._client._prepare({**self._defaults, **overrides, "input": items}, seconds)
+        self._runtime.prepare({**self._defaults, **overrides, "input": items}, seconds)
         turn = _StreamTurn(self, items, overrides)
         placeholder = {"model": self._defaults.get("model")}
-        return ResponseStream(
-            self._client._pool, self._client.config, placeholder, timeout=seconds, turn=turn
-        )
+        return ResponseStream(self._runtime, placeholder, timeout=seconds, turn=turn)
 
     def prepare(self, *, timeout: Optional[float] = None) -> Response:
         """Warm a connection up for this conversation: ``generate: false`` with its model,
@@ -155,13 +175,10 @@ class Conversation:
             transcript = self._replay_input([], self._defaults.get("store"))
             if transcript:
                 fields["input"] = transcript
-            client = self._client
-            payload, seconds = client._prepare(fields, self._turn_timeout(timeout))
-            response = collect_response(
-                client._pool, client.config, payload, timeout=seconds, hold=True
-            )
+            payload, seconds = self._runtime.prepare(fields, self._turn_timeout(timeout))
+            response = collect_response(self._runtime, payload, timeout=seconds, hold=True)
             if response.status in _KEPT_STATUSES and response.id is not None:
-                self._last_response_id = response.id
+                self._chain.last_response_id = response.id
         return response
 
     def close(self) -> None:
@@ -170,9 +187,9 @@ class Conversation:
         The transcript stays; a later turn still works (by replay if the connection was
         taken meanwhile). Idempotent; also the end of a ``with`` block.
         """
-        response_id = self._last_response_id
-        if response_id is not None and not self._client.closed:
-            self._client._pool.release_hold(response_id)
+        response_id = self._chain.last_response_id
+        if response_id is not None and not self._runtime.closed:
+            self._runtime.pool.release_hold(response_id)
 
     def __enter__(self) -> Conversation:
         return self
@@ -188,7 +205,7 @@ class Conversation:
     def __repr__(self) -> str:
         return (
             f"<oaiws.Conversation model={self._defaults.get('model')!r} "
-            f"items={len(self._history)} last_response_id={self._last_response_id!r}>"
+            f"items={len(self._history)} last_response_id={self._chain.last_response_id!r}>"
         )
 
     # -- the chain --------------------------------------------------------------------
@@ -206,12 +223,12 @@ class Conversation:
         _refuse_managed(overrides)
         fields = {**self._defaults, **overrides}
         full = {**fields, "input": self._replay_input(items, fields.get("store"))}
-        if self._last_response_id is None:
+        if self._chain.last_response_id is None:
             return full, None
         continuation = {
             **fields,
             "input": items,
-            "previous_response_id": self._last_response_id,
+            "previous_response_id": self._chain.last_response_id,
         }
         return continuation, build_payload(full)
 
@@ -223,9 +240,12 @@ class Conversation:
         if response.status not in _KEPT_STATUSES or response.id is None:
             return
         self._history.extend(copy.deepcopy(items))
-        output = response.get("output") or []
-        self._history.extend(copy.deepcopy([item for item in output if isinstance(item, dict)]))
-        self._last_response_id = response.id
+        output = response.get("output")
+        kept = (
+            [item for item in output if isinstance(item, dict)] if isinstance(output, list) else []
+        )
+        self._history.extend(copy.deepcopy(kept))
+        self._chain.last_response_id = response.id
 
 
 class _Busy:

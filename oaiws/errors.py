@@ -9,6 +9,7 @@ Hierarchy::
     ├── ConfigurationError                 bad options or arguments, raised before any I/O
     ├── ClientClosedError                  the Client was closed; create a new one
     ├── ConversationBusyError              a Conversation used by two threads at once
+    ├── StreamClosedError                  until_done() on a stream closed before its end
     └── APIError
         ├── APIConnectionError             the network failed (refused, reset, closed)
         │   ├── APITimeoutError            a deadline passed (handshake, silence, total)
@@ -30,10 +31,17 @@ Hierarchy::
 
 No exception text or attribute ever holds an API key: the handshake's headers are not kept,
 and bodies come from the server, which never echoes credentials back.
+
+The rule that tells a caller whether output reached them: every ``APIError`` carries
+``events`` (the events of the failed request received before the failure) and
+``partial_response`` (the response accumulated from them, ``None`` when nothing arrived). A
+request whose events had reached its caller is never retried, so an exception raised by a
+``ResponseStream`` after its first event always has a non-empty ``events``.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -60,6 +68,7 @@ __all__ = [
     "PreviousResponseNotFoundError",
     "ProtocolError",
     "RateLimitError",
+    "StreamClosedError",
     "StreamInterruptedError",
     "StreamTimeoutError",
     "UnprocessableEntityError",
@@ -94,17 +103,46 @@ class ConversationBusyError(OAIWSError, RuntimeError):
     """
 
 
+class StreamClosedError(OAIWSError, RuntimeError):
+    """``until_done()`` on a stream that its caller closed (``close()``, ``break``, the end of
+    a ``with`` block) before its terminal event: the rest of the response was never read and
+    cannot be any more. ``events`` and ``partial_response`` hold what had arrived.
+    """
+
+    events: list[Event]
+    partial_response: Optional[Response]
+    response_id: Optional[str]
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        events: Sequence[Event] = (),
+        partial_response: Optional[Response] = None,
+        response_id: Optional[str] = None,
+    ) -> None:
+        super().__init__(message)
+        self.events = list(events)
+        self.partial_response = partial_response
+        self.response_id = response_id
+
+
 class APIError(OAIWSError):
     """A request to the API failed.
 
     ``message`` is a human-readable explanation; ``request_id`` and ``response_id`` are set
-    when the server told us (``x-request-id`` header at the handshake, ``response.id`` in an
-    event), so that support tickets can name them.
+    when the server told us (``x-request-id`` header of the connection's upgrade or of the
+    error, ``response.id`` in an event), so that support tickets can name them. ``events`` is
+    every event of the request received before the failure and ``partial_response`` the
+    response built from them (``[]`` and ``None`` when the failure came first): a non-empty
+    ``events`` means output had reached the caller, and such a request is never retried.
     """
 
     message: str
     request_id: Optional[str]
     response_id: Optional[str]
+    events: list[Event]
+    partial_response: Optional[Response]
 
     def __init__(
         self,
@@ -112,11 +150,33 @@ class APIError(OAIWSError):
         *,
         request_id: Optional[str] = None,
         response_id: Optional[str] = None,
+        events: Sequence[Event] = (),
+        partial_response: Optional[Response] = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.request_id = request_id
         self.response_id = response_id
+        self.events = list(events)
+        self.partial_response = partial_response
+
+    def _add_context(
+        self,
+        *,
+        request_id: Optional[str] = None,
+        response_id: Optional[str] = None,
+        events: Sequence[Event] = (),
+        partial_response: Optional[Response] = None,
+    ) -> None:
+        """Fill in what the layer that raised this could not know (never overwrites)."""
+        if self.request_id is None:
+            self.request_id = request_id
+        if self.response_id is None:
+            self.response_id = response_id
+        if not self.events and events:
+            self.events = list(events)
+        if self.partial_response is None:
+            self.partial_response = partial_response
 
     def __str__(self) -> str:
         extras = [f"{name}={value}" for name, value in self._context() if value is not None]
@@ -144,9 +204,9 @@ class PoolTimeoutError(APIConnectionError):
 class ConnectionLimitReachedError(APIConnectionError):
     """The server retired the connection because it reached its maximum age.
 
-    oaiws rotates connections before the limit and resends transparently when a server still
-    answers ``websocket_connection_limit_reached``; callers see this only when that recovery
-    itself failed.
+    oaiws rotates connections before the limit; when a server still answers
+    ``websocket_connection_limit_reached``, the request is retried at once on a new
+    connection (within ``max_retries``). Callers see this only when those retries met the same.
     """
 
     code = "websocket_connection_limit_reached"
@@ -160,22 +220,6 @@ class StreamInterruptedError(APIConnectionError):
     from them.
     """
 
-    events: list[Event]
-    partial_response: Optional[Response]
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        events: Sequence[Event] = (),
-        partial_response: Optional[Response] = None,
-        request_id: Optional[str] = None,
-        response_id: Optional[str] = None,
-    ) -> None:
-        super().__init__(message, request_id=request_id, response_id=response_id)
-        self.events = list(events)
-        self.partial_response = partial_response
-
 
 class StreamTimeoutError(StreamInterruptedError, APITimeoutError):
     """A deadline passed after events had reached the caller.
@@ -186,7 +230,10 @@ class StreamTimeoutError(StreamInterruptedError, APITimeoutError):
 
 
 class ProtocolError(APIError):
-    """The server sent a frame that is not part of the protocol (not JSON, binary, no type)."""
+    """The server broke the protocol: a binary frame, a text frame that is not JSON or nests
+    deeper than ``MAX_NESTING``, a frame larger than ``max_message_size``, an event without a
+    string ``type``, an invalid index, a terminal event without a response object. The
+    connection is closed; nothing the server claimed was allocated."""
 
 
 class APIStatusError(APIError):
@@ -334,7 +381,7 @@ def _retry_after_seconds(headers: Mapping[str, str]) -> Optional[float]:
             value = float(raw)
         except ValueError:
             continue  # an HTTP date: not worth parsing, the backoff policy applies instead
-        if value >= 0:
+        if math.isfinite(value) and value >= 0:
             return value / 1000.0 if name == "retry-after-ms" else value
     return None
 

@@ -232,7 +232,10 @@ def test_a_lost_store_false_chain_raises_with_the_way_to_recover(
     message = str(caught.value)
     assert "without previous_response_id" in message and "conversation" in message
     stats = client.pool_stats()
-    assert (stats["affinity_misses"], stats["replays"], stats["retries"]) == (1, 0, 0)
+    assert (stats["affinity_misses"], stats["replays"]) == (1, 0)
+    # The closed connection is dropped at checkout, or, when its close had not arrived yet,
+    # after the request went out on it: then one retry (a request on the wire counts).
+    assert stats["retries"] <= 1
 
 
 def test_a_lost_stored_chain_is_continued_by_the_server_loading_it(

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from typing import Any, Callable
 
 import pytest
+from support import wait_for
 
 from oaiws import (
     APIConnectionError,
@@ -22,7 +23,8 @@ from oaiws import (
     RateLimitError,
 )
 from oaiws._config import ClientConfig
-from oaiws._connection import Connection, _ReadAhead
+from oaiws._connection import Connection
+from oaiws._frames import ReadAhead
 from oaiws.testing import Emulator, Fault
 
 KEY = "sk-test"
@@ -43,14 +45,6 @@ def run_request(conn: Connection, text: str) -> list[dict[str, Any]]:
         events.append(event)
         if event["type"] in TERMINAL:
             return events
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.01)
 
 
 class _Handler(socketserver.StreamRequestHandler):
@@ -267,7 +261,7 @@ def test_a_small_request_keeps_the_socket_timeout_a_large_one_bounds_its_send(
 
 def test_read_ahead_serves_the_parser_from_one_read() -> None:
     chunks = [b"\x81\x05hello\x81\x02hi"]
-    reader = _ReadAhead(lambda size: chunks.pop(0))
+    reader = ReadAhead(lambda size: chunks.pop(0))
     assert (reader(2), reader(5), reader(2), reader(2)) == (
         b"\x81\x05",
         b"hello",
@@ -279,7 +273,7 @@ def test_read_ahead_serves_the_parser_from_one_read() -> None:
 
 def test_read_ahead_never_gives_more_than_asked_and_keeps_the_rest() -> None:
     chunks = [b"abcdef", b"gh"]
-    reader = _ReadAhead(lambda size: chunks.pop(0))
+    reader = ReadAhead(lambda size: chunks.pop(0))
     assert reader(4) == b"abcd" and reader.pending
     assert reader(10) == b"ef"  # what is left; the parser asks again for the shortage
     assert reader(10) == b"gh" and reader.reads == 2
@@ -294,7 +288,7 @@ def test_read_ahead_passes_errors_through_and_loses_nothing() -> None:
             raise result
         return bytes(result)
 
-    reader = _ReadAhead(read)
+    reader = ReadAhead(read)
     assert reader(2) == b"ab"
     assert reader(1) == b"c"
     with pytest.raises(TimeoutError):

@@ -10,9 +10,10 @@ import itertools
 import random
 import threading
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import pytest
+from support import wait_for
 
 from oaiws import APIConnectionError, ClientClosedError, PoolTimeoutError
 from oaiws._config import ClientConfig
@@ -91,12 +92,7 @@ def make_pool(net: FakeNet, **options: Any) -> Pool:
     )
 
 
-def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.001)
+wait_until = wait_for
 
 
 def waiting_acquire(pool: Pool) -> tuple[threading.Thread, list[Any]]:
@@ -110,10 +106,11 @@ def waiting_acquire(pool: Pool) -> tuple[threading.Thread, list[Any]]:
 
 
 def assert_no_lost_slot(pool: Pool) -> None:
-    with pool._lock:
-        counted = len(pool._entries) + pool._opening
-        assert pool._total == counted, (pool._total, counted)
-        assert len(pool._idle) + len(pool._in_use) + len(pool._caring) == len(pool._entries)
+    # Every invariant of the pool's state: bounded, one state per connection, nobody
+    # waiting next to a free slot or idle connection.
+    pool.check_invariants()
+    stats = pool.stats()
+    assert stats["connections_open"] + stats["connections_opening"] <= stats["max_connections"]
 
 
 @pytest.fixture
@@ -277,9 +274,8 @@ def test_a_handshake_interrupted_by_an_unexpected_exception_frees_its_slot(net: 
 
 def test_margin_is_clamped_and_jitter_only_shortens_a_life(net: FakeNet) -> None:
     pool = make_pool(net, max_connections=50, max_connection_age=4.0)
-    assert pool._config.effective_age_margin == 1.0  # 300 s clamped to a quarter of 4 s
     conns = [pool.acquire(1) for _ in range(50)]
-    lives = [pool._entries[c].retire_at - c.created_at for c in conns]  # type: ignore[index]
+    lives = [pool.retire_at(c) - c.created_at for c in conns]  # type: ignore[arg-type, operator]
     assert all(4.0 - 1.0 - 0.05 * 4.0 <= life <= 4.0 - 1.0 for life in lives)
     assert len(set(lives)) > 40, "a fleet opened together must not retire together"
 
@@ -467,7 +463,7 @@ def test_after_fork_the_pool_is_empty_and_inherited_sockets_are_abandoned(net: F
 
 def test_stats_names_every_gauge_and_counter(net: FakeNet) -> None:
     pool = make_pool(net)
-    pool.record_retry()
+    pool.counters.add("retries")
     stats = pool.stats()
     for key in (
         "connections_open",

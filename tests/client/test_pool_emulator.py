@@ -11,6 +11,7 @@ import time
 from typing import Any, Callable
 
 import pytest
+from support import wait_for
 
 from oaiws import AuthenticationError
 from oaiws._config import ClientConfig
@@ -25,14 +26,6 @@ def make_pool(emu: Emulator, **options: Any) -> Pool:
     options.setdefault("api_key", emu.api_key)
     options.setdefault("base_url", emu.base_url)
     return Pool(ClientConfig.resolve(**options))
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.01)
 
 
 def request(pool: Pool, text: str, affinity: Any = None) -> tuple[Connection, dict[str, Any]]:
@@ -146,7 +139,7 @@ def test_min_connections_are_opened_warm_in_the_background(oaiws_emulator: Emula
 def test_close_stops_the_maintenance_thread(oaiws_emulator: Emulator) -> None:
     pool = make_pool(oaiws_emulator)
     request(pool, "x")
-    thread = pool._thread
+    thread = pool.maintenance_thread
     assert thread is not None and thread.is_alive()
     pool.close()
     thread.join(5)

@@ -7,17 +7,9 @@ import time
 from typing import Any
 
 import pytest
+from support import wait_for
 
 import oaiws
-
-
-def wait_for(condition: Any, timeout: float = 5.0) -> None:
-    """Poll until ``condition()`` holds: the emulator notices a closed socket asynchronously."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.005)
-
 
 SLOW = {"emulator_deltas": "200", "emulator_delta_delay_ms": "5"}
 

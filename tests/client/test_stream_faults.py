@@ -7,8 +7,10 @@ import time
 from typing import Any
 
 import pytest
+from support import wait_for
 
 import oaiws
+from oaiws import _retry
 from oaiws.testing import Fault, expected_text
 
 
@@ -105,27 +107,45 @@ def test_previous_response_not_found_says_how_to_recover(
     assert "full input" in str(error) and "conversation" in str(error)
 
 
-def test_stale_pooled_connection_is_replaced_without_spending_a_retry(
+def test_a_pooled_connection_the_server_closed_is_replaced_before_anything_is_sent(
     oaiws_emulator: Any, client_for: Any
 ) -> None:
-    client = client_for(oaiws_emulator, max_connections=1, max_retries=0)
+    # Idle care (every ping_interval / 2 here) notices the close; the next request never
+    # sees that connection, so even max_retries=0 succeeds without a retry or a resend.
+    client = client_for(oaiws_emulator, max_connections=1, max_retries=0, ping_interval=0.05)
     assert client.create_response(model="gpt-5.5", input="one").status == "completed"
     oaiws_emulator.close_all_connections()
-    # With max_retries=0, only a free resend can make this succeed.
+    wait_for(lambda: client.pool_stats()["connections_lost"] == 1, what="the close noticed")
     assert client.create_response(model="gpt-5.5", input="two").status == "completed"
     assert oaiws_emulator.stats()["handshakes"] == 2
-    assert _retries(client) == 0
+    stats = client.pool_stats()
+    assert (stats["retries"], stats["resends"]) == (0, 0)
 
 
-def test_connection_limit_reached_is_resent_transparently(
+def test_connection_limit_reached_is_resent_at_once_on_a_new_connection(
+    oaiws_emulator: Any, client_for: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A new connection cures it, so no pause; the request was on the wire, so it is a retry.
+    monkeypatch.setattr(_retry, "INITIAL_BACKOFF", 30.0)
+    client = client_for(oaiws_emulator, max_retries=1)
+    oaiws_emulator.inject(Fault(error_code="websocket_connection_limit_reached"), on="request")
+    started = time.monotonic()
+    events = list(client.generate_response(model="gpt-5.5", input="x"))
+    assert time.monotonic() - started < 5.0
+    assert events[-1].type == "response.completed"
+    stats = oaiws_emulator.stats()
+    assert (stats["handshakes"], stats["requests"]) == (2, 2)
+    assert _retries(client) == 1
+
+
+def test_connection_limit_reached_with_no_retries_left_is_raised(
     oaiws_emulator: Any, client_for: Any
 ) -> None:
     client = client_for(oaiws_emulator, max_retries=0)
     oaiws_emulator.inject(Fault(error_code="websocket_connection_limit_reached"), on="request")
-    events = list(client.generate_response(model="gpt-5.5", input="x"))
-    assert events[-1].type == "response.completed"
-    stats = oaiws_emulator.stats()
-    assert (stats["handshakes"], stats["requests"]) == (2, 2)
+    with pytest.raises(oaiws.ConnectionLimitReachedError):
+        client.create_response(model="gpt-5.5", input="x")
+    assert oaiws_emulator.stats()["requests"] == 1
 
 
 def test_a_connection_closed_as_it_is_handed_to_a_waiter_is_replaced_unseen(
@@ -133,7 +153,8 @@ def test_a_connection_closed_as_it_is_handed_to_a_waiter_is_replaced_unseen(
 ) -> None:
     # A connection handed straight from one request to a waiting one is not polled first
     # (see the pool's rules): if the server closed it right after the terminal event, the
-    # waiter's request must still go through, on a new connection, without spending a retry.
+    # waiter's request must still go through, on a new connection, at once: a free resend
+    # when the send itself failed, else one retry without a pause (it was on the wire).
     client = client_for(oaiws_emulator, max_connections=1)
     fields = {"model": "gpt-5.5", "metadata": {"emulator_deltas": "3"}}
     length = len(list(client.generate_response(input="count", **fields)))
@@ -158,7 +179,7 @@ def test_a_connection_closed_as_it_is_handed_to_a_waiter_is_replaced_unseen(
     assert waiter["response"].output_text == expected_text("second", deltas=3)
     stats = client.pool_stats()
     assert stats["connections_lost"] == 1 and stats["connections_opened"] == 2
-    assert _retries(client) == 0
+    assert stats["retries"] + stats["resends"] == 1
 
 
 def test_mid_stream_close_raises_stream_interrupted_without_retry(

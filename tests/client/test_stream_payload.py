@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from oaiws import ConfigurationError
-from oaiws._stream import build_payload
+from oaiws._payload import build_payload
 
 
 def test_minimal_payload() -> None:
@@ -88,7 +88,7 @@ def test_background_false_is_dropped() -> None:
         ({"model": "m", "input": "x", "metadata": {"a": 1}}, "metadata keys and values"),
         ({"model": "m", "input": "x", "max_output_tokens": 0}, "max_output_tokens"),
         ({"model": "m", "input": "x", "max_output_tokens": True}, "max_output_tokens"),
-        ({"model": "m", "input": "x", "temperature": "hot"}, "temperature must be a number"),
+        ({"model": "m", "input": "x", "temperature": "hot"}, "temperature must be a finite number"),
         ({"model": "m", "input": "x", "stream_id": "bad lane!"}, "stream_id"),
         ({"model": "m", "input": "x", "extra": object()}, "cannot be sent as JSON"),
     ],

@@ -1,0 +1,169 @@
+"""What the client accepts from the wire: frames no larger than ``max_message_size``, read
+through one large read at a time, and text frames that decode to JSON no deeper than
+``MAX_NESTING``.
+
+A server is not trusted: a frame header may announce any length, a message may go on in
+continuation frames forever, and a JSON text may nest until a recursive parser (or anything
+that later copies the value) runs out of stack. Each of these is refused here before it can
+cost more than what actually arrived, and surfaces as ``ProtocolError``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Union
+
+import websocket
+
+from . import _json
+
+__all__ = [
+    "MAX_NESTING",
+    "BoundedFrames",
+    "MessageTooLargeError",
+    "ReadAhead",
+    "TooDeepError",
+    "decode",
+]
+
+# The deepest JSON nesting accepted from the server (objects and arrays inside each other).
+# Real events nest about ten deep (a tool's JSON schema echoed back, a few more); 128 leaves
+# room for any of them while keeping every later copy, repr or re-encoding of the value
+# (orjson encodes at most 254 levels, copy.deepcopy recurses in Python) far from a limit.
+MAX_NESTING = 128
+
+# A text needs two bytes per level of nesting (an opening and a closing bracket), so one
+# shorter than this cannot be too deep: most events are, and pay one len() for the rule.
+_SHORTEST_TOO_DEEP = 2 * (MAX_NESTING + 1)
+
+# websocket-client reads each frame with reads of exactly the size it needs next (the header,
+# the extended length, the payload). One read of up to this much takes a whole TLS record at
+# once (16 KiB at most) and the frame parser is served from it.
+_READ_AHEAD = 65536
+
+_CONTROL_OPCODES = 0x8  # opcodes from 8 up: close, ping, pong
+_CONTINUATION = websocket.ABNF.OPCODE_CONT
+_MAX_CONTROL_PAYLOAD = 125  # RFC 6455 section 5.5
+
+
+class TooDeepError(ValueError):
+    """A JSON text nests deeper than ``MAX_NESTING``."""
+
+
+class MessageTooLargeError(websocket.WebSocketProtocolException):
+    """A frame, or a message made of continuation frames, exceeds ``max_message_size``."""
+
+    def __init__(self, announced: int, limit: int) -> None:
+        super().__init__(
+            f"the server announced a message of {announced} bytes, more than "
+            f"max_message_size={limit}"
+        )
+        self.announced = announced
+        self.limit = limit
+
+
+def decode(data: Union[bytes, str]) -> Any:
+    """A text frame's JSON value; ``ValueError`` when it is not JSON or nests too deep."""
+    try:
+        value = _json.loads(data)
+    except RecursionError:
+        # The standard library's parser recurses in C and gives up near the interpreter's
+        # recursion limit (orjson stops at 1024 levels with a ValueError of its own).
+        raise TooDeepError(f"the JSON nests deeper than {MAX_NESTING} levels") from None
+    if len(data) >= _SHORTEST_TOO_DEEP and _too_deep(data, value):
+        raise TooDeepError(f"the JSON nests deeper than {MAX_NESTING} levels")
+    return value
+
+
+def _too_deep(data: Union[bytes, str], value: Any) -> bool:
+    # Fewer brackets than the limit cannot nest deeper than it: counting is C-speed, and only
+    # frames with many containers (a big finished response) are walked.
+    if isinstance(data, bytes):
+        brackets = data.count(b"{") + data.count(b"[")
+    else:
+        brackets = data.count("{") + data.count("[")
+    if brackets <= MAX_NESTING or (value.__class__ is not dict and value.__class__ is not list):
+        return False
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_NESTING:
+            return True
+        children = node.values() if node.__class__ is dict else node
+        for child in children:
+            kind = child.__class__
+            if kind is dict or kind is list:
+                stack.append((child, depth + 1))
+    return False
+
+
+class BoundedFrames(websocket.frame_buffer):
+    """websocket-client's frame parser, refusing a message larger than ``limit`` bytes.
+
+    The check runs once the frame's header and length are read, before its payload is: a
+    header that announces 2**63 bytes costs nothing. Continuation frames add up to their
+    message's total. Control frames (ping, pong, close) may carry at most 125 bytes.
+    """
+
+    def __init__(
+        self, recv: Callable[[int], bytes], skip_utf8_validation: bool, limit: int
+    ) -> None:
+        super().__init__(recv, skip_utf8_validation)
+        self.limit = limit
+        self.message_bytes = 0  # of the fragmented message being received
+
+    def recv_length(self) -> None:
+        super().recv_length()
+        length = self.length
+        header = self.header
+        assert length is not None and header is not None  # set by the calls above
+        opcode = header[4]
+        if opcode >= _CONTROL_OPCODES:
+            if length > _MAX_CONTROL_PAYLOAD:
+                raise websocket.WebSocketProtocolException(
+                    f"a control frame announced {length} bytes (at most 125 are allowed)"
+                )
+            return
+        total = length + self.message_bytes if opcode == _CONTINUATION else length
+        if total > self.limit:
+            raise MessageTooLargeError(total, self.limit)
+        self.message_bytes = 0 if header[0] else total
+
+
+class ReadAhead:
+    """What websocket-client's frame parser reads from: the socket, one large read at a time.
+
+    The parser asks for exactly the bytes it needs next, three reads per frame, and every read
+    of a socket releases the GIL; with many threads each release can hand the GIL to another
+    thread and cost a context switch. Reading whatever has arrived (up to ``_READ_AHEAD``)
+    and serving the parser from it makes that one read per TLS record (the measurements are
+    in docs/performance.md). Errors of the underlying read (timeouts, a closed socket) pass
+    through untouched, and bytes already read are never lost: they stay here for the next
+    frame.
+    """
+
+    __slots__ = ("_data", "_pos", "_read", "reads")
+
+    def __init__(self, read: Callable[[int], bytes]) -> None:
+        self._read = read
+        self._data = b""
+        self._pos = 0
+        self.reads = 0  # reads of the socket, for tests and debugging
+
+    def __call__(self, wanted: int) -> bytes:
+        data = self._data
+        pos = self._pos
+        if pos >= len(data):
+            data = self._data = self._read(_READ_AHEAD)
+            self.reads += 1
+            pos = 0
+        end = pos + wanted
+        self._pos = end
+        if pos == 0 and end >= len(data):
+            return data  # all of it: no copy
+        return data[pos:end]  # never more than wanted: the parser keeps any excess itself
+
+    @property
+    def pending(self) -> bool:
+        """Bytes read from the socket and not yet given to the parser."""
+        return self._pos < len(self._data)

@@ -1,0 +1,76 @@
+"""What a ``Client``, its streams and its conversations share: one object, so that none of
+them reaches into another's private members.
+
+A ``Runtime`` owns the resolved configuration, the connection pool and the statistics, knows
+whether the client was closed, and prepares a request (its fields and its ``timeout=``
+checked, before anything is sent).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Mapping
+from typing import Any, Optional
+
+from ._config import ClientConfig
+from ._payload import build_payload
+from ._pool import Pool, closed_error
+from ._stats import Stats
+from .errors import ConfigurationError
+
+__all__ = ["Runtime"]
+
+
+class Runtime:
+    """The configuration, pool and statistics of one client, and its open/closed state."""
+
+    __slots__ = ("_closed", "_lock", "config", "pool", "stats")
+
+    def __init__(self, config: ClientConfig, pool: Optional[Pool] = None) -> None:
+        self.config = config
+        self.stats = pool.counters if pool is not None else Stats()
+        self.pool = pool if pool is not None else Pool(config, stats=self.stats)
+        self._lock = threading.Lock()
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def check_open(self) -> None:
+        if self._closed:
+            raise closed_error()
+
+    def prepare(
+        self, fields: Mapping[str, Any], timeout: Optional[float]
+    ) -> tuple[dict[str, Any], Optional[float]]:
+        """The ``response.create`` event for ``fields`` and the call's timeout in seconds,
+        both checked; raises ``ConfigurationError`` (or ``ClientClosedError``) before any I/O."""
+        self.check_open()
+        payload = build_payload(fields)
+        seconds = self.check_timeout(timeout)
+        self.config.require_api_key()
+        return payload, seconds
+
+    @staticmethod
+    def check_timeout(timeout: Any) -> Optional[float]:
+        """A call's ``timeout=``: ``None``, or a positive finite number of seconds."""
+        if timeout is None:
+            return None
+        if (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, (int, float))
+            or not math.isfinite(timeout)
+            or timeout <= 0
+        ):
+            raise ConfigurationError("timeout must be a positive number of seconds or None")
+        return float(timeout)
+
+    def close(self) -> None:
+        """Close the pool; idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self.pool.close()
