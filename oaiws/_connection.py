@@ -28,7 +28,7 @@ from websocket import ABNF
 
 from . import _json
 from ._config import ClientConfig, display_url
-from ._frames import BoundedFrames, MessageTooLargeError, ReadAhead, decode
+from ._frames import BoundedFrames, LinearMessages, MessageTooLargeError, ReadAhead, decode
 from ._handshake import TIMEOUT_ERRORS, drop, open_websocket
 from .errors import (
     APIConnectionError,
@@ -111,6 +111,7 @@ class Connection:
         frames = BoundedFrames(old.recv, old.skip_utf8_validation, config.max_message_size)
         self._read_ahead = frames.recv = ReadAhead(old.recv)
         ws.frame_buffer = frames
+        ws.cont_frame = LinearMessages(ws.cont_frame.fire_cont_frame, old.skip_utf8_validation)
 
     # -- opening -----------------------------------------------------------------------
 

@@ -381,8 +381,9 @@ class ResponseAccumulator:
     def _finish_part(self, data: Mapping[str, Any], part_type: str, key: str, value: Any) -> None:
         output_index = _index(data, "output_index")
         content_index = _index(data, "content_index")
-        self._chunks.pop((output_index, content_index, key), None)
         if isinstance(value, str):
+            # The finished text replaces the deltas it is made of.
+            self._chunks.pop((output_index, content_index, key), None)
             self._part(output_index, content_index, part_type)[key] = value
 
     def _drop_pending(self, output_index: int) -> None:

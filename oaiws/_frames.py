@@ -20,6 +20,7 @@ from . import _json
 __all__ = [
     "MAX_NESTING",
     "BoundedFrames",
+    "LinearMessages",
     "MessageTooLargeError",
     "ReadAhead",
     "TooDeepError",
@@ -62,7 +63,7 @@ class MessageTooLargeError(websocket.WebSocketProtocolException):
         self.limit = limit
 
 
-def decode(data: Union[bytes, str]) -> Any:
+def decode(data: Union[bytes, bytearray, str]) -> Any:
     """A text frame's JSON value; ``ValueError`` when it is not JSON or nests too deep."""
     try:
         value = _json.loads(data)
@@ -75,13 +76,13 @@ def decode(data: Union[bytes, str]) -> Any:
     return value
 
 
-def _too_deep(data: Union[bytes, str], value: Any) -> bool:
+def _too_deep(data: Union[bytes, bytearray, str], value: Any) -> bool:
     # Fewer brackets than the limit cannot nest deeper than it: counting is C-speed, and only
     # frames with many containers (a big finished response) are walked.
-    if isinstance(data, bytes):
-        brackets = data.count(b"{") + data.count(b"[")
-    else:
+    if isinstance(data, str):
         brackets = data.count("{") + data.count("[")
+    else:
+        brackets = data.count(b"{") + data.count(b"[")
     if brackets <= MAX_NESTING or (value.__class__ is not dict and value.__class__ is not list):
         return False
     stack: list[tuple[Any, int]] = [(value, 1)]
@@ -128,6 +129,31 @@ class BoundedFrames(websocket.frame_buffer):
         if total > self.limit:
             raise MessageTooLargeError(total, self.limit)
         self.message_bytes = 0 if header[0] else total
+
+
+class LinearMessages(websocket.continuous_frame):
+    """websocket-client's reassembly of fragmented messages, in linear time.
+
+    It appends each fragment to an immutable ``bytes``, copying the whole message every time:
+    quadratic, so a server streaming a message in thousands of small fragments up to
+    ``max_message_size`` could cost seconds of CPU. Here the second fragment turns the
+    message into a ``bytearray`` that later fragments extend in place; a message of one
+    frame (every event in practice) stays the ``bytes`` it arrived as, with no copy.
+    """
+
+    def add(self, frame: websocket.ABNF) -> None:
+        message = self.cont_data
+        if message:
+            buffer = message[1]
+            if buffer.__class__ is bytes:
+                buffer = message[1] = bytearray(buffer)
+            buffer += frame.data
+        else:
+            if frame.opcode in (websocket.ABNF.OPCODE_TEXT, websocket.ABNF.OPCODE_BINARY):
+                self.recving_frames = frame.opcode
+            self.cont_data = [frame.opcode, frame.data]
+        if frame.fin:
+            self.recving_frames = None
 
 
 class ReadAhead:

@@ -628,6 +628,10 @@ class PoolState:
             sum(1 for e in entries.values() if e.held_for is not None) == self.held, "held count"
         )
         _require(all(w.state is QUEUED for w in self.waiters), "a granted waiter still in line")
+        _require(
+            all(e.held_until > now for e in entries.values() if e.held_for is not None),
+            "a hold outlived its affinity_wait",
+        )
         if self.closed:
             _require(not self.idle and not self.waiters, "a closed pool keeps idle or waiters")
             return

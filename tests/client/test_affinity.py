@@ -271,3 +271,26 @@ def test_warm_prepares_a_connection_the_first_request_continues_on(
     assert (stats["warmups"], stats["cache_hits"], stats["handshakes"]) == (1, 1, 1)
     with pytest.raises(oaiws.ConfigurationError):
         client.warm(model="m", generate=True)
+
+
+def test_after_a_failed_response_its_connection_holds_nothing_to_continue(
+    oaiws_emulator: Emulator, client_for: ClientFactory
+) -> None:
+    client = client_for(oaiws_emulator, max_connections=1)
+    first = client.create_response(model="m", input="one", store=False)
+    failed = client.create_response(
+        model="m",
+        input="two",
+        store=False,
+        previous_response_id=first.id,
+        metadata={"emulator_outcome": "failed"},
+    )
+    assert failed.status == "failed"
+    # The server evicted the chain: continuing from the failed response is not an affinity
+    # hit on this connection, and the server says so.
+    with pytest.raises(oaiws.PreviousResponseNotFoundError):
+        client.create_response(
+            model="m", input="three", store=False, previous_response_id=failed.id
+        )
+    stats = client.pool_stats()
+    assert (stats["affinity_hits"], stats["affinity_misses"]) == (1, 1)

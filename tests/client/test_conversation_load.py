@@ -167,3 +167,54 @@ def run_with_kills(
     stats = emu.stats()
     assert stats["faults_applied"] >= 1
     assert stats["previous_response_not_found"] == 0, "a replay is decided, never attempted"
+
+
+def _sixteen_conversations(client: oaiws.Client, *, closed: bool) -> None:
+    """16 threads, each a 6-turn store=false conversation, closed with ``with`` or dropped."""
+    errors: list[BaseException] = []
+    start = threading.Barrier(16)
+
+    def converse(index: int) -> None:
+        try:
+            start.wait()
+            conv = client.conversation(model="gpt-test", instructions=INSTRUCTIONS, store=False)
+            for turn in range(TURNS):
+                assert conv.send(f"conversation {index}, question {turn}").status == "completed"
+            if closed:
+                conv.close()
+            # else: dropped here, still holding its connection for a next turn
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=converse, args=(i,)) for i in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not any(thread.is_alive() for thread in threads), "a conversation hung"
+    if errors:
+        raise errors[0]
+
+
+def test_a_dropped_conversation_releases_its_connection_at_once(
+    oaiws_emulator_factory: Callable[..., Emulator], client_for: ClientFactory
+) -> None:
+    # Users forget `with`: a conversation that is dropped must cost the others no more than
+    # one that is closed. Holds would otherwise keep each last connection for affinity_wait.
+    emu = oaiws_emulator_factory(deltas=DELTAS)
+    waited = {}
+    for closed in (True, False):
+        emu.reset_stats()
+        client = client_for(emu, max_connections=4)
+        _sixteen_conversations(client, closed=closed)
+        stats = emu.stats()
+        hit_rate = stats["cache_hits"] / (stats["requests"] - 16)
+        assert hit_rate >= 0.99, (closed, hit_rate, stats, client.pool_stats())
+        pool = client.pool_stats()
+        waited[closed] = pool["requests_wait_ms"]
+        if not closed:
+            assert pool["affinity_holds_released"] >= 1, "dropped conversations let go"
+        client.close()
+    # Both runs wait for connections (16 threads, 4 connections): no more than twice as
+    # long when the conversations are dropped (plus 0.25 s for the machine's noise).
+    assert waited[False] <= 2 * waited[True] + 250, waited

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from oaiws import APITimeoutError
+from oaiws import APIConnectionError, APITimeoutError
 from oaiws._config import ClientConfig
 from oaiws._connection import Connection
 
@@ -160,3 +160,17 @@ def test_a_request_the_server_never_reads_times_out_after_connect_timeout() -> N
             assert conn.closed
         finally:
             conn.close()
+
+
+def test_a_handshake_whose_deadline_thread_cannot_start_is_a_connection_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The watchdog is a timer thread; when the interpreter cannot start one, the failure is
+    # the documented connection error, never a raw RuntimeError.
+    def cannot_start(self: threading.Timer) -> None:
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(threading.Timer, "start", cannot_start)
+    config = ClientConfig.resolve(api_key="sk-x", base_url="http://127.0.0.1:9/v1")
+    with pytest.raises(APIConnectionError, match="deadline thread could not start"):
+        Connection.open(config)

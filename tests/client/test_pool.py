@@ -10,7 +10,7 @@ import itertools
 import random
 import threading
 import time
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import pytest
 from support import wait_for
@@ -45,9 +45,12 @@ class FakeConn:
         self.abandoned = False
         self.close_calls = 0
         self.checks = 0
+        self.on_check: Optional[Callable[[], Any]] = None  # runs inside check_idle()
 
     def check_idle(self) -> bool:
         self.checks += 1
+        if self.on_check is not None:
+            self.on_check()
         return self.alive and not self.closed
 
     def close(self) -> None:
@@ -533,4 +536,101 @@ def test_64_threads_sharing_4_connections_with_early_exits(net: FakeNet) -> None
     assert stats["connections_in_use"] == 0 and stats["requests_waiting"] == 0
     assert stats["checkouts"] == 64 * 20
     assert stats["connections_open"] <= 4
+    assert_no_lost_slot(pool)
+
+
+# -- the defects the state machine removed: each failed on the pool it replaced -----------
+
+
+def test_callers_never_wait_next_to_free_slots_while_idle_connections_are_cared_for(
+    net: FakeNet,
+) -> None:
+    pool = make_pool(net, max_connections=10)
+    first, second = pool.acquire(1), pool.acquire(1)
+    pool.release(first)
+    pool.release(second)
+    in_care, gate = threading.Event(), threading.Event()
+    first.on_check = lambda: (in_care.set(), gate.wait(10))  # care is slow on this one
+    care = threading.Thread(target=pool.run_maintenance)
+    care.start()
+    got: list[Any] = []
+    callers = [threading.Thread(target=lambda: got.append(pool.acquire(5))) for _ in range(3)]
+    try:
+        assert in_care.wait(5)
+        for caller in callers:
+            caller.start()
+        # The idle one and a new one in a free slot at once; only one caller waits, for the
+        # connection under care, which comes back within its check.
+        wait_until(lambda: len(got) == 2)
+        assert pool.stats()["requests_waiting"] == 1
+        assert second in got and net.opened[2] in got
+    finally:
+        gate.set()
+        care.join(5)
+        for caller in callers:
+            caller.join(5)
+    assert len(got) == 3 and first in got
+    assert_no_lost_slot(pool)
+
+
+def test_an_unexpected_exception_in_idle_care_never_bricks_the_pool(
+    net: FakeNet, caplog: pytest.LogCaptureFixture
+) -> None:
+    pool = make_pool(net, max_connections=2)
+    broken, healthy = pool.acquire(1), pool.acquire(1)
+    pool.release(broken)
+    pool.release(healthy)
+
+    def bug() -> None:
+        raise RuntimeError("a bug while looking after a connection")
+
+    broken.on_check = bug
+    pool.run_maintenance()  # contained: logged, counted, the round goes on
+    assert broken.closed and not healthy.closed and healthy.checks == 1
+    assert pool.stats()["maintenance_errors"] == 1
+    assert "looking after idle connection" in caplog.text
+    assert pool.acquire(0.5) is healthy
+    assert pool.acquire(0.5) is net.opened[2], "the broken one's slot is free again"
+    assert_no_lost_slot(pool)
+
+
+def test_a_connection_granted_to_an_interrupted_waiter_after_close_is_closed(
+    net: FakeNet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pool = make_pool(net, max_connections=1)
+    conn = pool.acquire(1)
+
+    class InterruptedWait(threading.Event):
+        # The waiting caller: while it waits, its connection is handed to it and the pool
+        # closes; then Ctrl-C arrives in its wait.
+        def wait(self, timeout: Optional[float] = None) -> bool:
+            pool.release(conn)
+            pool.close()
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr("oaiws._pool.threading.Event", InterruptedWait)
+    with pytest.raises(KeyboardInterrupt):
+        pool.acquire(5)
+    assert conn.closed, "a closed pool owns no open socket"
+    assert pool.stats()["connections_open"] == 0
+
+
+def test_a_fork_during_a_checkout_check_never_exceeds_max_connections(net: FakeNet) -> None:
+    pool = make_pool(net, max_connections=1)
+    conn = pool.acquire(1)
+    pool.release(conn)
+    in_child: list[Any] = []
+
+    def fork_now() -> None:
+        # The pool is reset for a child process in the middle of this connection's check,
+        # and another request of the child takes the only slot.
+        pool._after_fork_in_child()
+        in_child.append(pool.acquire(1))
+
+    conn.on_check = fork_now
+    with pytest.raises(PoolTimeoutError):
+        pool.acquire(0.3)  # the child's only slot is in use: wait, never open a second one
+    assert conn.abandoned and len(in_child) == 1
+    assert sum(1 for c in net.opened if not c.closed) == 1
+    assert pool.stats()["connections_open"] == 1
     assert_no_lost_slot(pool)

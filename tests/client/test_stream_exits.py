@@ -10,6 +10,7 @@ import pytest
 from support import wait_for
 
 import oaiws
+import oaiws.testing
 
 SLOW = {"emulator_deltas": "200", "emulator_delta_delay_ms": "5"}
 
@@ -109,3 +110,37 @@ def test_closing_an_unstarted_stream_sends_nothing(oaiws_emulator: Any, client_f
     with client.generate_response(model="gpt-5.5", input="x"):
         pass
     assert oaiws_emulator.stats()["handshakes"] == 0
+
+
+def test_until_done_after_close_says_the_caller_closed_it(
+    oaiws_emulator: Any, client_for: Any
+) -> None:
+    client = client_for(oaiws_emulator)
+    stream = client.generate_response(model="gpt-5.5", input="x", metadata=SLOW)
+    first = next(stream)
+    stream.close()
+    with pytest.raises(oaiws.StreamClosedError, match="closed before its response ended") as caught:
+        stream.until_done()
+    assert not isinstance(caught.value, oaiws.APIError), "nothing the server did"
+    assert caught.value.events == [first]
+    assert caught.value.partial_response is not None
+    assert caught.value.response_id == first.response.id
+
+    with client.generate_response(model="gpt-5.5", input="y", metadata=SLOW) as stream:
+        for _ in stream:
+            break
+    with pytest.raises(oaiws.StreamClosedError):
+        stream.until_done()
+
+
+def test_until_done_after_a_failure_raises_that_failure_again(
+    oaiws_emulator: Any, client_for: Any
+) -> None:
+    client = client_for(oaiws_emulator)
+    oaiws_emulator.inject(oaiws.testing.Fault(close_after_events=3))
+    stream = client.generate_response(model="gpt-5.5", input="x")
+    with pytest.raises(oaiws.StreamInterruptedError) as first:
+        list(stream)
+    with pytest.raises(oaiws.StreamInterruptedError) as again:
+        stream.until_done()
+    assert again.value is first.value and len(again.value.events) == 3

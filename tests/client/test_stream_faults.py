@@ -11,6 +11,7 @@ from support import wait_for
 
 import oaiws
 from oaiws import _retry
+from oaiws._connection import Connection
 from oaiws.testing import Fault, expected_text
 
 
@@ -290,3 +291,60 @@ def test_a_hung_handshake_times_out(oaiws_emulator: Any, client_for: Any) -> Non
     with pytest.raises(oaiws.APITimeoutError):
         client.create_response(model="gpt-5.5", input="x")
     assert time.monotonic() - started < 0.9  # before the server would have answered
+
+
+def test_a_request_is_on_the_wire_at_most_1_plus_max_retries_times(
+    oaiws_emulator: Any, client_for: Any
+) -> None:
+    # Four pooled connections, and a server that closes each one right after reading the
+    # request: each failure happened after the send, so each resend is a counted retry.
+    client = client_for(oaiws_emulator, max_connections=4, max_retries=1)
+    streams = [client.generate_response(model="gpt-5.5", input=f"warm {n}") for n in range(4)]
+    for stream in streams:
+        next(stream)  # four connections in use at once
+    for stream in streams:
+        stream.until_done()
+    assert client.pool_stats()["connections_idle"] == 4
+    oaiws_emulator.inject(Fault(close_after_events=0, close_code=None), times=20)
+    before = oaiws_emulator.stats()["requests"]
+    with pytest.raises(oaiws.APIConnectionError):
+        client.create_response(model="gpt-5.5", input="x")
+    assert oaiws_emulator.stats()["requests"] - before == 2
+    assert client.pool_stats()["retries"] == 1
+
+
+def test_a_failed_send_is_resent_for_free_and_nothing_reached_the_server(
+    oaiws_emulator: Any, client_for: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = client_for(oaiws_emulator, max_retries=0)
+    real_send = Connection.send_json
+    failures = [oaiws.APIConnectionError("sending failed: broken pipe")]
+
+    def send_json(self: Connection, payload: Any) -> None:
+        if failures:
+            self.close()  # the socket is gone, as after a reset
+            raise failures.pop()
+        real_send(self, payload)
+
+    monkeypatch.setattr(Connection, "send_json", send_json)
+    assert client.create_response(model="gpt-5.5", input="x").status == "completed"
+    stats = client.pool_stats()
+    assert (stats["resends"], stats["retries"]) == (1, 0)
+    assert oaiws_emulator.stats()["requests"] == 1
+
+
+def test_errors_raised_on_a_connection_carry_its_upgrade_request_id(
+    oaiws_emulator: Any, client_for: Any
+) -> None:
+    client = client_for(oaiws_emulator, max_connections=1, max_retries=0)
+    oaiws_emulator.inject(Fault(error_code="invalid_value", error_status=400))
+    with pytest.raises(oaiws.BadRequestError) as refused:
+        client.create_response(model="gpt-5.5", input="x")
+    oaiws_emulator.inject(Fault(close_after_events=2))
+    with pytest.raises(oaiws.StreamInterruptedError) as interrupted:
+        list(client.generate_response(model="gpt-5.5", input="y"))
+    # One connection served both (a 400 leaves it in the pool): the id of its upgrade.
+    assert refused.value.request_id is not None
+    assert refused.value.request_id.startswith("req_")
+    assert interrupted.value.request_id == refused.value.request_id
+    assert refused.value.request_id in str(interrupted.value)
