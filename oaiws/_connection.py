@@ -28,7 +28,15 @@ from websocket import ABNF
 
 from . import _json
 from ._config import ClientConfig, display_url
-from ._frames import BoundedFrames, LinearMessages, MessageTooLargeError, ReadAhead, decode
+from ._frames import (
+    SHORTEST_TOO_DEEP,
+    TOO_DEEP,
+    BoundedFrames,
+    LinearMessages,
+    MessageTooLargeError,
+    ReadAhead,
+    too_deep,
+)
 from ._handshake import TIMEOUT_ERRORS, drop, open_websocket
 from .errors import (
     APIConnectionError,
@@ -211,12 +219,17 @@ class Connection:
             now = self._last_frame_at = time.monotonic()
             if opcode == _TEXT:
                 self.last_used_at = now
+                # _frames.decode, inline: the rules of what is accepted are there.
                 try:
-                    decoded = decode(data)
+                    decoded = _json.loads(data)
                 except ValueError as exc:
                     raise self._protocol_error(
                         f"the server sent a text frame that is not valid JSON ({exc})"
                     ) from None
+                except RecursionError:
+                    raise self._protocol_error(f"the server sent a frame that {TOO_DEEP}") from None
+                if len(data) >= SHORTEST_TOO_DEEP and too_deep(data, decoded):
+                    raise self._protocol_error(f"the server sent a frame that {TOO_DEEP}")
                 if decoded.__class__ is dict:
                     kind = decoded.get("type")
                     if kind.__class__ is str and kind in _TRACKED_EVENTS:

@@ -10,6 +10,7 @@ cost more than what actually arrived, and surfaces as ``ProtocolError``.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable
 from typing import Any, Union
 
@@ -19,12 +20,15 @@ from . import _json
 
 __all__ = [
     "MAX_NESTING",
+    "SHORTEST_TOO_DEEP",
+    "TOO_DEEP",
     "BoundedFrames",
     "LinearMessages",
     "MessageTooLargeError",
     "ReadAhead",
     "TooDeepError",
     "decode",
+    "too_deep",
 ]
 
 # The deepest JSON nesting accepted from the server (objects and arrays inside each other).
@@ -35,7 +39,8 @@ MAX_NESTING = 128
 
 # A text needs two bytes per level of nesting (an opening and a closing bracket), so one
 # shorter than this cannot be too deep: most events are, and pay one len() for the rule.
-_SHORTEST_TOO_DEEP = 2 * (MAX_NESTING + 1)
+SHORTEST_TOO_DEEP = 2 * (MAX_NESTING + 1)
+TOO_DEEP = f"nests deeper than {MAX_NESTING} levels"
 
 # websocket-client reads each frame with reads of exactly the size it needs next (the header,
 # the extended length, the payload). One read of up to this much takes a whole TLS record at
@@ -45,6 +50,8 @@ _READ_AHEAD = 65536
 _CONTROL_OPCODES = 0x8  # opcodes from 8 up: close, ping, pong
 _CONTINUATION = websocket.ABNF.OPCODE_CONT
 _MAX_CONTROL_PAYLOAD = 125  # RFC 6455 section 5.5
+_U16 = struct.Struct("!H")
+_U64 = struct.Struct("!Q")
 
 
 class TooDeepError(ValueError):
@@ -64,19 +71,21 @@ class MessageTooLargeError(websocket.WebSocketProtocolException):
 
 
 def decode(data: Union[bytes, bytearray, str]) -> Any:
-    """A text frame's JSON value; ``ValueError`` when it is not JSON or nests too deep."""
+    """A text frame's JSON value; ``ValueError`` when it is not JSON or nests too deep.
+
+    ``Connection.recv_json`` does the same inline (one call less per event)."""
     try:
         value = _json.loads(data)
     except RecursionError:
         # The standard library's parser recurses in C and gives up near the interpreter's
         # recursion limit (orjson stops at 1024 levels with a ValueError of its own).
-        raise TooDeepError(f"the JSON nests deeper than {MAX_NESTING} levels") from None
-    if len(data) >= _SHORTEST_TOO_DEEP and _too_deep(data, value):
-        raise TooDeepError(f"the JSON nests deeper than {MAX_NESTING} levels")
+        raise TooDeepError(f"the JSON {TOO_DEEP}") from None
+    if len(data) >= SHORTEST_TOO_DEEP and too_deep(data, value):
+        raise TooDeepError(f"the JSON {TOO_DEEP}")
     return value
 
 
-def _too_deep(data: Union[bytes, bytearray, str], value: Any) -> bool:
+def too_deep(data: Union[bytes, bytearray, str], value: Any) -> bool:
     # Fewer brackets than the limit cannot nest deeper than it: counting is C-speed, and only
     # frames with many containers (a big finished response) are walked.
     if isinstance(data, str):
@@ -114,10 +123,17 @@ class BoundedFrames(websocket.frame_buffer):
         self.message_bytes = 0  # of the fragmented message being received
 
     def recv_length(self) -> None:
-        super().recv_length()
-        length = self.length
+        # websocket-client's own decoding of the length (RFC 6455 section 5.2), with the
+        # bound checked in the same call: this runs for every frame, so no extra one.
         header = self.header
-        assert length is not None and header is not None  # set by the calls above
+        if header is None:
+            raise websocket.WebSocketProtocolException("Header not received")
+        length = header[6] & 0x7F
+        if length == 0x7E:
+            length = _U16.unpack(self.recv_strict(2))[0]
+        elif length == 0x7F:
+            length = _U64.unpack(self.recv_strict(8))[0]
+        self.length = length
         opcode = header[4]
         if opcode >= _CONTROL_OPCODES:
             if length > _MAX_CONTROL_PAYLOAD:

@@ -24,8 +24,8 @@ from typing import Any, Optional, Union
 
 import websocket
 
-from . import _json
 from ._config import ClientConfig, display_url
+from ._frames import decode
 from .errors import (
     APIConnectionError,
     APIStatusError,
@@ -201,8 +201,8 @@ def _decode_body(body: Optional[bytes]) -> Any:
     if not body:
         return None
     try:
-        return _json.loads(body)
-    except (ValueError, RecursionError):
+        return decode(body)
+    except ValueError:  # not JSON, or nested too deep: kept as text
         return body.decode("utf-8", errors="replace")
 
 

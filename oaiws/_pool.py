@@ -135,17 +135,23 @@ class Pool:
         self._maintenance.ensure_started()
         now = time.monotonic()
         waiter = Waiter(affinity, now, now + timeout)
+        state = self._state
         with self._lock:
-            if self._state.closed:
+            if state.closed:
                 raise closed_error()
-            actions = self._state.enqueue(waiter, now)
+            actions = state.enqueue(waiter, now)
             _wake(actions)
-        self._perform(actions)
+            # Ready to block in the same pass under the lock: with many threads, every
+            # extra acquisition of a contended lock can cost a context switch.
+            wake_at = None if waiter.granted() else self._prepare_wait(waiter, now)
+        if actions:
+            self._perform(actions)
         checking = False
         try:
             while True:
                 if not waiter.granted():
-                    self._wait(waiter, timeout)
+                    self._wait(waiter, timeout, wake_at)
+                    wake_at = None
                 if waiter.error is not None:
                     raise waiter.error
                 if waiter.slot:
@@ -164,8 +170,8 @@ class Pool:
                 if problem is None:
                     break
                 self._transition(self._state.check_failed, waiter, conn, problem)
-            with self._lock:
-                self._state.taken(waiter)
+            # A granted waiter is out of the line: only this thread looks at it any more.
+            state.taken(waiter)
         except BaseException:
             # Interrupted, timed out or refused: give back whatever was granted.
             self._transition(self._state.cancel, waiter, checking=checking)
@@ -176,19 +182,27 @@ class Pool:
             logger.debug("connection #%d reused", conn.id)
         return conn
 
-    def _wait(self, waiter: Waiter, timeout: float) -> None:
-        """Block until ``waiter`` has its verdict, or raise ``PoolTimeoutError``."""
-        with self._lock:
-            if waiter.granted():
-                return
-            if waiter.event is None:
-                waiter.event = threading.Event()
+    def _prepare_wait(self, waiter: Waiter, now: float) -> float:
+        """Under the lock: the waiter's event, and when it must look again at the latest."""
+        if waiter.event is None:
+            waiter.event = threading.Event()
+        return self._state.next_wake(waiter, now)
+
+    def _wait(self, waiter: Waiter, timeout: float, wake_at: Optional[float]) -> None:
+        """Block until ``waiter`` has its verdict, or raise ``PoolTimeoutError``.
+
+        ``wake_at``: computed by the caller under the lock already, or ``None``.
+        """
         state = self._state
         try:
             while True:
-                with self._lock:
-                    wake_at = state.next_wake(waiter, time.monotonic())
+                if wake_at is None:
+                    with self._lock:
+                        if waiter.granted():
+                            return
+                        wake_at = self._prepare_wait(waiter, time.monotonic())
                 waiter.event.wait(max(0.0, wake_at - time.monotonic()))
+                wake_at = None
                 # Woken by a grant, or by the clock: a hold may have run out or the line may
                 # be overdue (the tick hands held connections over), or the deadline passed.
                 actions: Optional[Actions] = None
@@ -200,6 +214,8 @@ class Pool:
                         _wake(actions)
                     done = waiter.granted()
                     timed_out = not done and now >= waiter.deadline and state.timed_out(waiter, now)
+                    if not done and not timed_out:
+                        wake_at = self._prepare_wait(waiter, now)
                 if actions:
                     self._perform(actions)
                 if done:
