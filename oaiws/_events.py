@@ -129,10 +129,10 @@ def _hot_field(name: str) -> property:
     """A property for a field read on most events, ``event.delta`` above all.
 
     An attribute that is not on the class is found by ``__getattr__`` only after the normal
-    lookup has raised and caught an ``AttributeError``: about 0.4 us, against 0.07 us for a
-    property, paid on every delta of every stream. Objects, lists and ``None`` (absent, or
-    an explicit null) still go through ``__getattr__``, which wraps them, or raises the
-    error that names the fields.
+    lookup has raised and caught an ``AttributeError``, several times slower than a property
+    (docs/performance.md), and paid on every delta of every stream. Objects, lists and
+    ``None`` (absent, or an explicit null) still go through ``__getattr__``, which wraps
+    them, or raises the error that names the fields.
     """
 
     def read(self: Event) -> Any:

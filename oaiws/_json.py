@@ -39,8 +39,8 @@ def _std_dumpb(obj: Any) -> bytes:
 
 
 # The scanner behind json.loads (in C where CPython has it), without the Python around it
-# (type checks, two regex matches for surrounding whitespace): half the cost of json.loads
-# on an event. Built from a default decoder, so it parses exactly what json.loads parses
+# (type checks, two regex matches for surrounding whitespace; docs/performance.md has the
+# cost of each). Built from a default decoder, so it parses exactly what json.loads parses
 # (typeshed declares the wrong type for that decoder argument).
 _scan_once = json.scanner.make_scanner(json.JSONDecoder())  # type: ignore[arg-type]
 
