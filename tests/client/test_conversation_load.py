@@ -51,34 +51,39 @@ def spoken(history: list[dict[str, Any]]) -> list[tuple[str, str]]:
 
 
 def run_conversations(
-    client: oaiws.Client, before_turn: Callable[[int, int], None] = lambda i, t: None
+    client: oaiws.Client,
+    before_turn: Callable[[int, int], None] = lambda i, t: None,
+    *,
+    threads: int = THREADS,
+    closed: bool = True,
 ) -> dict[int, list[dict[str, Any]]]:
-    """THREADS threads, each running one TURNS-turn store=false conversation; raises the
-    first error any of them saw."""
+    """``threads`` threads, each running one TURNS-turn store=false conversation, closed at
+    the end (a ``with`` block) or just dropped; raises the first error any of them saw."""
     histories: dict[int, list[dict[str, Any]]] = {}
     errors: list[BaseException] = []
-    start = threading.Barrier(THREADS)
+    start = threading.Barrier(threads)
 
     def converse(index: int) -> None:
         try:
             start.wait()
-            with client.conversation(
-                model="gpt-test", instructions=INSTRUCTIONS, store=False
-            ) as conv:
-                for turn in range(TURNS):
-                    before_turn(index, turn)
-                    response = conv.send(f"conversation {index}, question {turn}")
-                    assert response.status == "completed"
+            conv = client.conversation(model="gpt-test", instructions=INSTRUCTIONS, store=False)
+            for turn in range(TURNS):
+                before_turn(index, turn)
+                response = conv.send(f"conversation {index}, question {turn}")
+                assert response.status == "completed"
             histories[index] = conv.history
+            if closed:
+                conv.close()
+            # else: dropped here, still holding its connection for a next turn
         except BaseException as error:
             errors.append(error)
 
-    threads = [threading.Thread(target=converse, args=(i,)) for i in range(THREADS)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
-    assert not any(thread.is_alive() for thread in threads), "a conversation hung"
+    workers = [threading.Thread(target=converse, args=(i,)) for i in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+    assert not any(worker.is_alive() for worker in workers), "a conversation hung"
     if errors:
         raise errors[0]
     return histories
@@ -169,33 +174,6 @@ def run_with_kills(
     assert stats["previous_response_not_found"] == 0, "a replay is decided, never attempted"
 
 
-def _sixteen_conversations(client: oaiws.Client, *, closed: bool) -> None:
-    """16 threads, each a 6-turn store=false conversation, closed with ``with`` or dropped."""
-    errors: list[BaseException] = []
-    start = threading.Barrier(16)
-
-    def converse(index: int) -> None:
-        try:
-            start.wait()
-            conv = client.conversation(model="gpt-test", instructions=INSTRUCTIONS, store=False)
-            for turn in range(TURNS):
-                assert conv.send(f"conversation {index}, question {turn}").status == "completed"
-            if closed:
-                conv.close()
-            # else: dropped here, still holding its connection for a next turn
-        except BaseException as error:
-            errors.append(error)
-
-    threads = [threading.Thread(target=converse, args=(i,)) for i in range(16)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
-    assert not any(thread.is_alive() for thread in threads), "a conversation hung"
-    if errors:
-        raise errors[0]
-
-
 def test_a_dropped_conversation_releases_its_connection_at_once(
     oaiws_emulator_factory: Callable[..., Emulator], client_for: ClientFactory
 ) -> None:
@@ -206,7 +184,7 @@ def test_a_dropped_conversation_releases_its_connection_at_once(
     for closed in (True, False):
         emu.reset_stats()
         client = client_for(emu, max_connections=4)
-        _sixteen_conversations(client, closed=closed)
+        run_conversations(client, threads=16, closed=closed)
         stats = emu.stats()
         hit_rate = stats["cache_hits"] / (stats["requests"] - 16)
         assert hit_rate >= 0.99, (closed, hit_rate, stats, client.pool_stats())
