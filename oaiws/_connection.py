@@ -21,7 +21,7 @@ import ssl
 import struct
 import time
 from collections.abc import Mapping
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
 import websocket
 from websocket import ABNF
@@ -68,9 +68,10 @@ _CLOSE_SEND_TIMEOUT = 0.1
 # GIL-releasing system call; docs/performance.md has the measurement).
 _SEND_FITS_BUFFER = 16 * 1024
 
-# While idle, a frame that has started arriving completes within milliseconds; a partial
-# one is kept by websocket-client's frame buffer and finished at the next check.
+# While idle, a frame that has started arriving completes within milliseconds; and an idle
+# connection receives a few control frames (pings, a close) at most.
 _DRAIN_TIMEOUT = 0.05
+_DRAIN_FRAMES = 16
 
 _ids = itertools.count(1)
 
@@ -117,7 +118,10 @@ class Connection:
         # large read at a time (see _frames).
         old = ws.frame_buffer
         frames = BoundedFrames(old.recv, old.skip_utf8_validation, config.max_message_size)
-        self._read_ahead = frames.recv = ReadAhead(old.recv)
+        # A frame must arrive whole by this (monotonic) time: see _before_read.
+        self._frame_deadline = float("inf")
+        self._read_ahead = ReadAhead(old.recv, self._before_read)
+        frames.recv = cast(Any, self._read_ahead)  # typed differently across websocket-client
         ws.frame_buffer = frames
         ws.cont_frame = LinearMessages(ws.cont_frame.fire_cont_frame, old.skip_utf8_validation)
 
@@ -256,11 +260,26 @@ class Connection:
             self._ws.settimeout(seconds)
             self._timeout_set = seconds
 
+    def _before_read(self) -> None:
+        """Before each read of the socket: the socket's timeout bounds one read, and a server
+        that sends a frame one byte at a time would never trip it. The frame's deadline
+        bounds the whole of it; once a frame is trickling (most of its time gone), the
+        socket's timeout shrinks to what is left. A frame that arrives at once costs one
+        clock read here."""
+        remaining = self._frame_deadline - time.monotonic()
+        if remaining <= 0:
+            raise websocket.WebSocketTimeoutException("the frame did not arrive whole in time")
+        current = self._timeout_set
+        if current is not None and remaining < current / 2:
+            self._ws.settimeout(remaining)
+            self._timeout_set = remaining
+
     def _recv_frame(self, limit: float, timeout: float) -> tuple[int, bytes]:
         try:
             if limit != self._timeout_set:
                 self._ws.settimeout(limit)
                 self._timeout_set = limit
+            self._frame_deadline = time.monotonic() + limit
             opcode, frame = self._ws.recv_data_frame(control_frame=True)
         except TIMEOUT_ERRORS as exc:
             raise APITimeoutError(
@@ -302,14 +321,18 @@ class Connection:
 
     def _track_response(self, event: dict[str, Any]) -> None:
         """Remember which response the server's connection-local cache now holds: the one a
-        ``completed`` or ``incomplete`` terminal event names; nothing after a failure."""
+        ``completed`` or ``incomplete`` terminal event names (``response.done`` by the status
+        it carries); nothing after a failure or an error."""
         kind = event["type"]
         response = event.get("response")
         response_id = None
-        if response.__class__ is dict and (
-            kind in _CACHING_EVENTS or response.get("status") in _CACHING_STATUSES
-        ):
-            response_id = response.get("id")
+        if isinstance(response, dict):
+            if kind in _CACHING_EVENTS:
+                response_id = response.get("id")
+            elif kind == "response.done":
+                status = response.get("status")
+                if status.__class__ is str and status in _CACHING_STATUSES:
+                    response_id = response.get("id")
         self.last_response_id = response_id if response_id.__class__ is str else None
 
     # -- idle care ---------------------------------------------------------------------
@@ -325,12 +348,25 @@ class Connection:
         if self._closed:
             return False
         try:
+            # Bounded, whatever the server does: at most _DRAIN_FRAMES frames, each whole
+            # within _DRAIN_TIMEOUT. A frame that trickles in, or a flood of them, makes the
+            # connection unfit: an idle connection has a few control frames at most, and a
+            # partial frame left behind could complete under the next request.
+            drained = 0
             while self._readable():
+                drained += 1
+                if drained > _DRAIN_FRAMES:
+                    logger.debug("connection #%d: the server floods it while idle", self.id)
+                    self._mark_dead()
+                    return False
                 self._set_timeout(_DRAIN_TIMEOUT)
+                self._frame_deadline = time.monotonic() + _DRAIN_TIMEOUT
                 try:
                     opcode, frame = self._ws.recv_data_frame(control_frame=True)
                 except TIMEOUT_ERRORS:
-                    break  # a partial frame; websocket-client keeps it for the next check
+                    logger.debug("connection #%d: a frame did not arrive whole while idle", self.id)
+                    self._mark_dead()
+                    return False
                 self._on_frame(opcode, frame.data)
                 if opcode == ABNF.OPCODE_CLOSE:
                     logger.debug(

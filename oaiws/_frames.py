@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 import websocket
 
@@ -115,9 +115,8 @@ class BoundedFrames(websocket.frame_buffer):
     message's total. Control frames (ping, pong, close) may carry at most 125 bytes.
     """
 
-    def __init__(
-        self, recv: Callable[[int], bytes], skip_utf8_validation: bool, limit: int
-    ) -> None:
+    def __init__(self, recv: Callable[[int], Any], skip_utf8_validation: bool, limit: int) -> None:
+        # Any: websocket-client's own annotation of recv changed between releases.
         super().__init__(recv, skip_utf8_validation)
         self.limit = limit
         self.message_bytes = 0  # of the fragmented message being received
@@ -181,13 +180,18 @@ class ReadAhead:
     and serving the parser from it makes that one read per TLS record (the measurements are
     in docs/performance.md). Errors of the underlying read (timeouts, a closed socket) pass
     through untouched, and bytes already read are never lost: they stay here for the next
-    frame.
+    frame. ``guard`` runs before each read of the socket (once per TLS record, not per
+    frame): the connection bounds a whole frame's arrival with it, which a per-read socket
+    timeout cannot do against a server that sends one byte at a time.
     """
 
-    __slots__ = ("_data", "_pos", "_read", "reads")
+    __slots__ = ("_data", "_guard", "_pos", "_read", "reads")
 
-    def __init__(self, read: Callable[[int], bytes]) -> None:
+    def __init__(
+        self, read: Callable[[int], Any], guard: Optional[Callable[[], None]] = None
+    ) -> None:
         self._read = read
+        self._guard = guard  # called before every read of the socket; may raise a timeout
         self._data = b""
         self._pos = 0
         self.reads = 0  # reads of the socket, for tests and debugging
@@ -196,6 +200,9 @@ class ReadAhead:
         data = self._data
         pos = self._pos
         if pos >= len(data):
+            guard = self._guard
+            if guard is not None:
+                guard()
             data = self._data = self._read(_READ_AHEAD)
             self.reads += 1
             pos = 0

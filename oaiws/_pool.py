@@ -108,7 +108,6 @@ class Pool:
             min_connections=config.min_connections,
             affinity_wait=config.affinity_wait,
             idle_timeout=config.idle_timeout,
-            ping_interval=config.ping_interval,
             age_clock=self._clock,
             stats=self.counters,
             closed_error=closed_error,
@@ -136,16 +135,18 @@ class Pool:
         now = time.monotonic()
         waiter = Waiter(affinity, now, now + timeout)
         state = self._state
-        with self._lock:
-            if state.closed:
-                raise closed_error()
-            actions = state.enqueue(waiter, now)
-            _wake(actions)
-            # Ready to block in the same pass under the lock: with many threads, every
-            # extra acquisition of a contended lock can cost a context switch.
-            wake_at = None if waiter.granted() else self._prepare_wait(waiter, now)
-        if actions:
-            self._perform(actions)
+        actions: Optional[Actions] = None
+        try:
+            with self._lock:
+                if state.closed:
+                    raise closed_error()
+                actions = _merged(self._take_unholds(now), state.enqueue(waiter, now))
+                # Ready to block in the same pass under the lock: with many threads, every
+                # extra acquisition of a contended lock can cost a context switch.
+                wake_at = None if waiter.granted() else self._prepare_wait(waiter, now)
+        finally:
+            if actions:
+                self._perform(actions)
         checking = False
         try:
             while True:
@@ -169,12 +170,12 @@ class Pool:
                 checking = False
                 if problem is None:
                     break
-                self._transition(self._state.check_failed, waiter, conn, problem)
+                self._step(self._state.check_failed, waiter, conn, problem)
             # A granted waiter is out of the line: only this thread looks at it any more.
             state.taken(waiter)
         except BaseException:
             # Interrupted, timed out or refused: give back whatever was granted.
-            self._transition(self._state.cancel, waiter, checking=checking)
+            self._step(self._state.cancel, waiter, checking=checking)
             raise
         hit = None if affinity is None else conn.last_response_id == affinity
         self.counters.add_checkout(reused=not fresh, affinity_hit=hit)
@@ -191,9 +192,11 @@ class Pool:
     def _wait(self, waiter: Waiter, timeout: float, wake_at: Optional[float]) -> None:
         """Block until ``waiter`` has its verdict, or raise ``PoolTimeoutError``.
 
-        ``wake_at``: computed by the caller under the lock already, or ``None``.
+        ``wake_at``: computed by the caller under the lock already, or ``None``. A grant sets
+        the waiter's event; the verdict is always read under the lock.
         """
         state = self._state
+        started = time.monotonic()
         try:
             while True:
                 if wake_at is None:
@@ -203,24 +206,29 @@ class Pool:
                         wake_at = self._prepare_wait(waiter, time.monotonic())
                 waiter.event.wait(max(0.0, wake_at - time.monotonic()))
                 wake_at = None
-                # Woken by a grant, or by the clock: a hold may have run out or the line may
-                # be overdue (the tick hands held connections over), or the deadline passed.
+                # Woken by a grant, or by the clock or a nudge: a hold may have run out or
+                # the line may be overdue (the tick hands held connections over), or the
+                # deadline passed.
                 actions: Optional[Actions] = None
-                with self._lock:
-                    now = time.monotonic()
-                    if not waiter.granted():
-                        waiter.event.clear()  # woken to look again (a new hold), not granted
-                        actions = state.tick(now)
-                        _wake(actions)
-                    done = waiter.granted()
-                    timed_out = not done and now >= waiter.deadline and state.timed_out(waiter, now)
-                    if not done and not timed_out:
-                        wake_at = self._prepare_wait(waiter, now)
-                if actions:
-                    self._perform(actions)
+                left: Optional[Actions] = None
+                try:
+                    with self._lock:
+                        now = time.monotonic()
+                        if not waiter.granted():
+                            waiter.event.clear()  # looking again; a later grant sets it anew
+                            actions = _merged(self._take_unholds(now), state.tick(now))
+                        done = waiter.granted()
+                        if not done and now >= waiter.deadline:
+                            left = state.timed_out(waiter, now)
+                        if not done and left is None:
+                            wake_at = self._prepare_wait(waiter, now)
+                finally:
+                    for pending in (actions, left):
+                        if pending:
+                            self._perform(pending)
                 if done:
                     return
-                if timed_out:
+                if left is not None:
                     raise PoolTimeoutError(
                         f"no connection became free within {timeout:g}s "
                         f"(max_connections={self._config.max_connections}): raise "
@@ -228,16 +236,16 @@ class Pool:
                         "threads"
                     )
         finally:
-            self.counters.add("requests_wait_ms", int((time.monotonic() - waiter.since) * 1000))
+            self.counters.add("requests_wait_ms", int((time.monotonic() - started) * 1000))
 
     def _open_in_slot(self, waiter: Waiter) -> Connection:
         """Open a connection in the slot granted to ``waiter``."""
         try:
             conn = self._connect(self._config)
         except BaseException as error:
-            self._transition(self._state.open_failed, waiter, counted=isinstance(error, Exception))
+            self._step(self._state.open_failed, waiter, counted=isinstance(error, Exception))
             raise
-        self._transition(self._state.opened, waiter, conn, self._retire_at(conn))
+        self._step(self._state.opened, waiter, conn, self._retire_at(conn))
         if waiter.error is not None:
             raise waiter.error  # closed during the handshake; the connection was closed
         return conn
@@ -258,14 +266,14 @@ class Pool:
         """
         self._check_fork()
         hold_for = conn.last_response_id if hold else None
-        if not self._transition(self._state.release, conn, hold_for):
+        if not self._step(self._state.release, conn, hold_for):
             self._not_ours(conn)
 
     def discard(self, conn: Connection, reason: str, lost: bool = False) -> None:
         """Close a connection that must not be reused (its response was not read to its end,
         or it broke) and free its slot. ``lost``: it broke rather than being abandoned."""
         self._check_fork()
-        if not self._transition(self._state.discard, conn, reason, lost=lost):
+        if not self._step(self._state.discard, conn, reason, lost=lost):
             self._not_ours(conn)
 
     def _not_ours(self, conn: Connection) -> None:
@@ -283,80 +291,77 @@ class Pool:
         """End the hold kept for the continuation of ``response_id`` (its conversation ended):
         the connection goes to the oldest waiter, or stays idle for anyone.
 
-        ``wait=False`` is for finalizers, which may run in any thread at any moment, even in
-        the middle of a transition in the same thread: the request is queued and done now if
-        the lock is free, else by the thread that holds it, right after its transition.
+        ``wait=False`` is for finalizers, which may run in any thread at any moment, even
+        while that thread holds this pool's lock or the statistics' lock: it only queues the
+        release (a lock-free append, no I/O). The pool's next step takes it, before it
+        decides anything: the next request, return or tick, or the care round within a
+        second.
         """
         self._unholds.append(response_id)
         if wait:
-            self._transition(self._state.tick)
-        elif self._lock.acquire(blocking=False):
-            try:
-                actions = self._drain_unholds(time.monotonic())
-            finally:
-                self._lock.release()
-            if actions is not None:
-                self._perform(actions)
+            self._step(self._state.tick)
 
     # -- transitions -----------------------------------------------------------------------
 
-    def _transition(
-        self, method: Callable[..., Optional[Actions]], *args: Any, **kwargs: Any
+    def _step(
+        self,
+        transition: Callable[..., Optional[Actions]],
+        *args: Any,
+        filling: bool = False,
+        **kwargs: Any,
     ) -> bool:
-        """Run one transition under the lock, then its I/O; False when it did not apply."""
-        with self._lock:
-            now = time.monotonic()
-            actions = method(*args, now=now, **kwargs)
-            if self._unholds:
-                more = self._drain_unholds(now)
-                if more is not None:
-                    if actions is None:
-                        actions = more
-                    else:
-                        actions.close.extend(more.close)
-                        actions.woken.extend(more.woken)
-                        actions.fill = actions.fill or more.fill
-            if actions is not None:
-                _wake(actions)
-        if actions is not None:
-            self._perform(actions)
-        if self._unholds:
-            # Queued by a finalizer while this thread held the lock.
-            self.release_hold_pending()
-        return actions is not None
+        """One transition under the lock (after the holds finalizers queued), then its I/O
+        outside it. False when the transition did not apply (it returned ``None``).
 
-    def release_hold_pending(self) -> None:
-        """End the holds that finalizers queued (see ``release_hold``)."""
-        with self._lock:
-            actions = self._drain_unholds(time.monotonic())
-        if actions is not None:
-            self._perform(actions)
+        ``filling``: the fill worker's own step; True is then returned when the pool
+        reserved another fill slot, which the worker opens itself.
+        """
+        actions: Optional[Actions] = None
+        decided: Optional[Actions] = None
+        more = False
+        try:
+            with self._lock:
+                now = time.monotonic()
+                drained = self._take_unholds(now)
+                decided = transition(*args, now=now, **kwargs)
+                actions = _merged(drained, decided)
+        finally:
+            if actions:
+                more = self._perform(actions, filling=filling)
+        return more if filling else decided is not None
 
-    def _drain_unholds(self, now: float) -> Optional[Actions]:
-        """Under the lock: run the release_holds transition for every queued response id."""
+    def _take_unholds(self, now: float) -> Optional[Actions]:
+        """Under the lock: end every hold that finalizers queued (see ``release_hold``)."""
+        if not self._unholds:
+            return None
         ids = []
         while self._unholds:
             ids.append(self._unholds.popleft())
-        if not ids:
-            return None
-        actions = self._state.release_holds(ids, now)
-        _wake(actions)
-        return actions
+        return self._state.release_holds(ids, now)
 
     def _perform(self, actions: Actions, *, filling: bool = False) -> bool:
-        """The I/O a transition asked for, outside the lock; True when a fill slot was
-        reserved and ``filling`` (the fill worker continues with it itself)."""
-        for conn, why in actions.close:
-            conn.close()
-            logger.debug("connection #%d %s (age %.1fs)", conn.id, why, self._age(conn))
-        if actions.fill:
-            if filling:
-                return True
-            if self._background:
-                self._maintenance.start_fill()
-            else:
-                self._fill_inline()
-        return False
+        """The I/O a transition asked for, outside the lock: wake-ups, closes, the fill.
+
+        Returns True when a fill slot was reserved and ``filling`` (the worker continues).
+        The reservation is honoured whatever happens to the closes: a slot never leaks.
+        """
+        for waiter in actions.woken:
+            # A waiter reads its verdict under the lock, so a set after the lock is released
+            # is never lost, at worst early (it looks again).
+            event = waiter.event
+            if event is not None:
+                event.set()
+        try:
+            for conn, why in actions.close:
+                conn.close()
+                logger.debug("connection #%d %s (age %.1fs)", conn.id, why, self._age(conn))
+        finally:
+            if actions.fill and not filling:
+                if self._background:
+                    self._maintenance.start_fill()
+                else:
+                    self._fill_inline()
+        return actions.fill and filling
 
     # -- maintenance (driven by _maintenance) ----------------------------------------------
 
@@ -369,24 +374,28 @@ class Pool:
     def run_maintenance(self) -> float:
         """One round of idle care; returns the seconds until the next one is due.
 
-        Retires idle connections past their age or ``idle_timeout``, ends holds that ran
-        out, looks after every idle connection due for it (one at a time: each is back in
-        the pool before the next is taken) and keeps ``min_connections`` open. The
-        maintenance thread calls it; tests call it to drive the pool step by step.
+        Ends the holds finalizers queued and those that ran out, retires idle connections
+        past their age or ``idle_timeout``, looks after every idle connection (one at a
+        time: each is back in the pool before the next is taken) and keeps
+        ``min_connections`` open. The maintenance thread calls it; tests call it to drive
+        the pool step by step.
         """
         if os.getpid() != self._pid:
             return self.care_interval()
         state = self._state
-        with self._lock:
-            now = time.monotonic()
-            state.fill_enabled = True  # this round may start the fill, background or not
-            try:
-                actions = state.tick(now)
-            finally:
-                state.fill_enabled = self._background
-            _wake(actions)
-            due = state.care_due()
-        self._perform(actions)
+        actions: Optional[Actions] = None
+        try:
+            with self._lock:
+                now = time.monotonic()
+                state.fill_enabled = True  # this round may start the fill, background or not
+                try:
+                    actions = _merged(self._take_unholds(now), state.tick(now))
+                finally:
+                    state.fill_enabled = self._background
+                due = state.care_due()
+        finally:
+            if actions:
+                self._perform(actions)
         for conn in due:
             self._care_for(conn)
         with self._lock:
@@ -408,7 +417,7 @@ class Pool:
             )
             self.counters.add("maintenance_errors")
         finally:
-            self._transition(self._state.end_care, conn, alive)
+            self._step(self._state.end_care, conn, alive)
         if not alive and not self._state.closed:
             logger.debug("connection #%d dropped while idle: dead", conn.id)
 
@@ -418,12 +427,9 @@ class Pool:
         try:
             conn = self._connect(self._config)
         except BaseException as error:
-            with self._lock:
-                actions = self._state.open_failed(
-                    None, time.monotonic(), counted=isinstance(error, Exception)
-                )
-                _wake(actions)
-            self._perform(actions, filling=True)
+            self._step(
+                self._state.open_failed, None, counted=isinstance(error, Exception), filling=True
+            )
             if not isinstance(error, Exception):
                 raise
             if isinstance(error, OAIWSError):
@@ -431,17 +437,11 @@ class Pool:
             else:
                 logger.warning("oaiws: opening a warm connection failed", exc_info=True)
             return False
-        with self._lock:
-            actions = self._state.opened(None, conn, self._retire_at(conn), time.monotonic())
-            _wake(actions)
-        return self._perform(actions, filling=True)
+        return self._step(self._state.opened, None, conn, self._retire_at(conn), filling=True)
 
     def fill_not_started(self) -> None:
         """The fill worker could not start: give its reserved slot back."""
-        with self._lock:
-            actions = self._state.open_failed(None, time.monotonic(), counted=False)
-            _wake(actions)
-        self._perform(actions, filling=True)
+        self._step(self._state.open_failed, None, counted=False, filling=True)
 
     def count_failure(self) -> None:
         """An unexpected failure of a maintenance round (logged by the maintenance)."""
@@ -515,15 +515,19 @@ class Pool:
 
         Idempotent. Later ``acquire`` calls raise ``ClientClosedError``.
         """
-        with self._lock:
-            if self._state.closed:
-                return
-            actions = self._state.close(time.monotonic())
-            _wake(actions)
-        # The maintenance thread ends at its next wake-up; not joined, because it may be
-        # in a handshake (bounded by connect_timeout) whose connection is then closed.
-        self._maintenance.stop()
-        self._perform(actions)
+        actions: Optional[Actions] = None
+        try:
+            with self._lock:
+                if self._state.closed:
+                    return
+                actions = self._state.close(time.monotonic())
+                self._unholds.clear()  # nothing is held in a closed pool
+        finally:
+            # The maintenance thread ends at its next wake-up; not joined, because it may be
+            # in a check (bounded) whose connection is then closed.
+            self._maintenance.stop()
+            if actions:
+                self._perform(actions)
         logger.debug("pool closed")
 
     def __enter__(self) -> Pool:
@@ -553,13 +557,15 @@ class Pool:
         _live_pools.add(self)
 
 
-def _wake(actions: Actions) -> None:
-    # Under the pool's lock: a waiter reads its verdict under the same lock, so a wake-up
-    # can never be lost between its check and its wait.
-    for waiter in actions.woken:
-        event = waiter.event
-        if event is not None:
-            event.set()
+def _merged(first: Optional[Actions], second: Optional[Actions]) -> Optional[Actions]:
+    """Both transitions' decisions, to perform in one go."""
+    if first is None:
+        return second
+    if second is not None:
+        first.close.extend(second.close)
+        first.woken.extend(second.woken)
+        first.fill = first.fill or second.fill
+    return first
 
 
 _live_pools: weakref.WeakSet[Pool] = weakref.WeakSet()

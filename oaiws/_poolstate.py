@@ -141,7 +141,6 @@ class PoolState:
         min_connections: int,
         affinity_wait: float,
         idle_timeout: Optional[float],
-        ping_interval: Optional[float],
         age_clock: Callable[[], float],
         stats: Stats,
         closed_error: Callable[[], BaseException],
@@ -152,7 +151,6 @@ class PoolState:
         self.min_connections = min_connections
         self.affinity_wait = affinity_wait
         self.idle_timeout = idle_timeout
-        self.ping_interval = ping_interval
         self.age_clock = age_clock
         self.stats = stats
         self.closed_error = closed_error
@@ -201,17 +199,20 @@ class PoolState:
         waiter.slot = False
         actions = self._assign(now)
         actions.close.extend(actions_close)
+        self._nudge_oldest(actions)
         return actions
 
-    def timed_out(self, waiter: Waiter, now: float) -> bool:
-        """The request's deadline passed: True when it leaves without a grant (a grant that
-        raced the deadline is honoured, never lost)."""
+    def timed_out(self, waiter: Waiter, now: float) -> Optional[Actions]:
+        """The request's deadline passed: it leaves the line (``Actions``), or ``None`` when
+        a grant raced the deadline (honoured, never lost)."""
         if waiter.state is not QUEUED:
-            return False
+            return None
         self.waiters.remove(waiter)
         waiter.state = GONE
         self.stats.add("requests_timeouts")
-        return True
+        actions = Actions()
+        self._nudge_oldest(actions)
+        return actions
 
     def taken(self, waiter: Waiter) -> None:
         """acquire() returns: the request owns its connection from now on."""
@@ -244,6 +245,7 @@ class PoolState:
             return actions
         if waiter is None:
             self._make_idle(conn, entry.idle_since)
+            return self._assign(now, returned=conn)  # new: nothing to check
         return self._assign(now)
 
     def open_failed(self, waiter: Optional[Waiter], now: float, *, counted: bool) -> Actions:
@@ -281,7 +283,6 @@ class PoolState:
             actions = self._assign(now)
             actions.close.append((conn, f"{reason} on return"))
             return actions
-        waiting = list(self.waiters)
         if hold is not None and self.affinity_wait > 0:
             entry.held_for = hold
             entry.held_until = now + self.affinity_wait
@@ -290,9 +291,7 @@ class PoolState:
         self._make_idle(conn, age_now)
         actions = self._assign(now, returned=conn)
         if entry.held_for is not None:
-            # A new hold: waiters that still wait must wake when it runs out (or when they
-            # become overdue) to take it; their next wake-up was set before it existed.
-            actions.woken.extend(w for w in waiting if w.state is QUEUED)
+            self._nudge_oldest(actions)
         return actions
 
     def discard(
@@ -310,8 +309,8 @@ class PoolState:
         return actions
 
     def check_failed(self, waiter: Waiter, conn: Connection, reason: str, now: float) -> Actions:
-        """The connection granted to ``waiter`` failed its check before use (``reason``:
-        ``expired`` or ``lost``): it is closed and the waiter is back in line, in its place."""
+        """The connection granted to ``waiter`` failed its check before use (``reason`` says
+        how, e.g. ``lost``): it is closed and the waiter is back in line, in its place."""
         if conn in self.entries:
             self._forget(conn, reason)
         waiter.conn = None
@@ -354,7 +353,8 @@ class PoolState:
             return actions
         self.caring -= 1
         self._make_idle(conn, entry.idle_since)
-        return self._assign(now)
+        # It was checked an instant ago: whoever gets it now need not check it again.
+        return self._assign(now, returned=conn)
 
     def release_holds(self, response_ids: list[str], now: float) -> Actions:
         """End the holds kept for these responses (their conversations ended)."""
@@ -478,6 +478,15 @@ class PoolState:
             waiter.state = GRANTED
             waiter.slot = True
             actions.woken.append(waiter)
+
+    def _nudge_oldest(self, actions: Actions) -> None:
+        """While holds exist, the oldest waiter must wake when one runs out or when it becomes
+        overdue, to take it: its wake-up time may predate the hold (or its place at the head
+        of the line), so it looks again. One waiter is enough: its tick serves the line."""
+        if self.held and self.waiters:
+            oldest = self.waiters[0]
+            if oldest not in actions.woken:
+                actions.woken.append(oldest)
 
     def _held_in_care(self) -> set[Optional[str]]:
         return {

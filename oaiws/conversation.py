@@ -14,8 +14,9 @@ choose, on the connection it gets:
   once on the same connection.
 
 Between turns the pool holds the connection for the conversation's next turn, at most
-``affinity_wait`` seconds (see ``_pool``); ``close()`` gives it back at once, and so does
-dropping the conversation (its finalizer), like a dropped stream closes its connection.
+``affinity_wait`` seconds (see ``_pool``); ``close()`` gives it back at once, and dropping
+the conversation (its finalizer) at the pool's next step, like a dropped stream closes its
+connection.
 """
 
 from __future__ import annotations
@@ -96,9 +97,9 @@ class Conversation:
         self._history: list[dict[str, Any]] = []
         self._chain = _Chain()
         self._busy = threading.Lock()
-        # Dropped without close(): the connection held for the next turn goes back at once.
-        finalizer = weakref.finalize(self, _release_dropped, weakref.ref(runtime.pool), self._chain)
-        finalizer.atexit = False
+        # Dropped without close(): the connection held for the next turn goes back at the
+        # pool's next step (a finalizer may only queue it: see Pool.release_hold).
+        weakref.finalize(self, _release_dropped, weakref.ref(runtime.pool), self._chain)
 
     # -- state ------------------------------------------------------------------------
 

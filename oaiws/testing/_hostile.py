@@ -324,6 +324,10 @@ def _output_not_a_list(done: dict[str, Any]) -> JsonEvent:
     return JsonEvent({"type": "response.completed", "response": {**done, "output": 5}})
 
 
+def _status_not_a_string(done: dict[str, Any]) -> JsonEvent:
+    return JsonEvent({"type": "response.done", "response": {**done, "status": ["completed"]}})
+
+
 def _error_not_an_object(done: dict[str, Any]) -> JsonEvent:
     return JsonEvent({"type": "error", "error": 42, "status": "x"})
 
@@ -388,6 +392,11 @@ _PRESETS: dict[str, HostilePreset] = {
         "instead of the terminal event: response.completed whose response.output is 5",
         _none,
         terminal=_output_not_a_list,
+    ),
+    "status_not_a_string": HostilePreset(
+        'instead of the terminal event: response.done whose response.status is ["completed"]',
+        _none,
+        terminal=_status_not_a_string,
     ),
     "error_not_an_object": HostilePreset(
         'instead of the terminal event: {"type": "error", "error": 42, "status": "x"}',

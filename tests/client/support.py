@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import time
 from typing import Any, Callable
 
@@ -18,3 +20,39 @@ def wait_for(condition: Callable[[], Any], timeout: float = 5.0, what: str = "co
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} not reached within {timeout}s")
         time.sleep(0.002)
+
+
+_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+def read_upgrade(rfile: Any) -> str:
+    """Read a WebSocket upgrade request's head from ``rfile``; its ``Sec-WebSocket-Key``."""
+    key = ""
+    while True:
+        line = rfile.readline()
+        if line in (b"\r\n", b"\n", b""):
+            return key
+        name, _, value = line.decode("latin-1").partition(":")
+        if name.strip().lower() == "sec-websocket-key":
+            key = value.strip()
+
+
+def upgrade_answer(key: str, *, padding: int = 0) -> bytes:
+    """A valid ``101 Switching Protocols`` answer to an upgrade that sent ``key``."""
+    accept = base64.b64encode(hashlib.sha1((key + _GUID).encode()).digest()).decode()
+    pad = f"X-Padding: {'x' * padding}\r\n" if padding else ""
+    return (
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Accept: {accept}\r\n{pad}\r\n"
+    ).encode()
+
+
+def text_frame(payload: bytes, *, fin: bool = True) -> bytes:
+    """An unmasked server-to-client text frame (RFC 6455): header and payload."""
+    first = (0x80 if fin else 0x00) | 0x1
+    length = len(payload)
+    if length < 126:
+        return bytes([first, length]) + payload
+    if length < 65536:
+        return bytes([first, 126]) + length.to_bytes(2, "big") + payload
+    return bytes([first, 127]) + length.to_bytes(8, "big") + payload

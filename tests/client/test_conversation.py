@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import io
 import json
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable
@@ -405,3 +407,30 @@ def test_the_benchmark_scenario_runs_and_its_contenders_agree(
     assert ours[3] < figures["naive_pool"]["bytes_per_turn"][3] / 2
     assert result["ratios"]["openai_http"]["bytes"] > 1.5
     assert "naive_pool / oaiws_conversation" in benchmark.format_table(result)
+
+
+def test_a_dropped_conversation_gives_its_held_connection_back_without_taking_a_lock(
+    oaiws_emulator: Emulator, client_for: ClientFactory
+) -> None:
+    # A finalizer runs wherever the garbage collector happens to run: here, inside the
+    # statistics' lock of the very thread that drops the conversation. It must not wait for
+    # that lock (or any other), and the hold must still end at the pool's next step.
+    client = client_for(oaiws_emulator, max_connections=1, affinity_wait=5.0)
+    conv = client.conversation(model="m", store=False)
+    conv.send("one")  # its connection is now held for its next turn, for up to 5 s
+    conv.cycle = conv  # type: ignore[attr-defined]  # only the garbage collector frees it
+    del conv
+    stats_lock = client._runtime.pool.counters._lock  # the lock a careless finalizer would take
+    collected = threading.Event()
+
+    def collect_inside_the_lock() -> None:
+        with stats_lock:
+            gc.collect()
+        collected.set()
+
+    threading.Thread(target=collect_inside_the_lock, daemon=True).start()
+    assert collected.wait(5), "the finalizer waited for a lock its own thread held"
+    started = time.monotonic()
+    assert client.create_response(model="m", input="two").status == "completed"
+    assert time.monotonic() - started < 2.0, "the dropped conversation's hold was still kept"
+    assert client.pool_stats()["affinity_holds_released"] == 1

@@ -6,8 +6,6 @@ must not stretch the handshake past ``connect_timeout``. It bounds a send that s
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import socket
 import socketserver
 import threading
@@ -15,31 +13,18 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from support import read_upgrade, upgrade_answer
 
 from oaiws import APIConnectionError, APITimeoutError
 from oaiws._config import ClientConfig
 from oaiws._connection import Connection
 
-_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-
 
 class _TrickleHandler(socketserver.StreamRequestHandler):
     def handle(self) -> None:
         server: TricklingServer = self.server  # type: ignore[assignment]
-        key = ""
-        while True:
-            line = self.rfile.readline()
-            if line in (b"\r\n", b"\n", b""):
-                break
-            name, _, value = line.decode("latin-1").partition(":")
-            if name.strip().lower() == "sec-websocket-key":
-                key = value.strip()
-        accept = base64.b64encode(hashlib.sha1((key + _GUID).encode()).digest()).decode()
         # A valid upgrade answer: sent at once it would succeed.
-        answer = (
-            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Accept: {accept}\r\nX-Padding: {'x' * 40}\r\n\r\n"
-        ).encode()
+        answer = upgrade_answer(read_upgrade(self.rfile), padding=40)
         for index in range(len(answer)):
             if server.stop.wait(server.byte_interval):
                 return

@@ -561,8 +561,7 @@ def test_callers_never_wait_next_to_free_slots_while_idle_connections_are_cared_
             caller.start()
         # The idle one and a new one in a free slot at once; only one caller waits, for the
         # connection under care, which comes back within its check.
-        wait_until(lambda: len(got) == 2)
-        assert pool.stats()["requests_waiting"] == 1
+        wait_until(lambda: len(got) == 2 and pool.stats()["requests_waiting"] == 1)
         assert second in got and net.opened[2] in got
     finally:
         gate.set()

@@ -38,7 +38,18 @@ NORMAL_TERMINAL = [
     "wrong_field_types",
 ]
 # Presets that replace the terminal event.
-REPLACED_TERMINAL = ["terminal_without_response", "output_not_a_list", "error_not_an_object"]
+REPLACED_TERMINAL = [
+    "terminal_without_response",
+    "output_not_a_list",
+    "status_not_a_string",
+    "error_not_an_object",
+]
+# Replaced terminals that are the normal finished response with one field changed:
+# (event type, field, value).
+FIELD_REPLACED = {
+    "output_not_a_list": ("response.completed", "output", 5),
+    "status_not_a_string": ("response.done", "status", ["completed"]),
+}
 WEBSOCKET_ONLY = ["oversized_frame", "fragment_flood"]
 # Presets whose frames are not JSON objects, so they carry no sequence_number.
 UNNUMBERED = {"not_json", "invalid_utf8", "not_an_object"}
@@ -168,6 +179,7 @@ def _expected(name: str, response_id: str) -> list[tuple[str, bytes]]:
         ],
         "terminal_without_response": [{"type": "response.completed"}],
         "output_not_a_list": [],
+        "status_not_a_string": [],
         "error_not_an_object": [{"type": "error", "error": 42, "status": "x"}],
     }[name]
     return [
@@ -329,15 +341,18 @@ def test_a_replaced_terminal_is_exactly_the_hostile_event(emu, raw, name):
     assert client.turn() == TEXT_TURN
 
 
-def test_output_not_a_list_is_the_normal_terminal_with_output_5(emu, raw):
+@pytest.mark.parametrize("name", sorted(FIELD_REPLACED))
+def test_a_field_replaced_terminal_is_the_normal_one_but_that_field(emu, raw, name):
+    kind, field, value = FIELD_REPLACED[name]
     client = raw()
-    emu.inject(Fault(hostile_frame="output_not_a_list"))
+    emu.inject(Fault(hostile_frame=name))
     created = client.create()
     terminal = json.loads(client.text())
     assert list(terminal) == ["type", "response", "sequence_number"]
-    assert terminal["type"] == "response.completed" and terminal["sequence_number"] == 1
-    assert terminal["response"]["output"] == 5
-    _assert_finished_like({**terminal["response"], "output": []}, created["response"])
+    assert terminal["type"] == kind and terminal["sequence_number"] == 1
+    assert terminal["response"][field] == value
+    normal = {**terminal["response"], "output": [], "status": "completed"}
+    _assert_finished_like(normal, created["response"])
     assert client.turn() == TEXT_TURN
 
 
@@ -524,9 +539,10 @@ def test_sse_sends_the_same_texts_as_events(emu, name):
         assert event == terminal["type"] == "response.completed"
         assert terminal["sequence_number"] == _terminal_sequence(name)
         _assert_finished_like(terminal["response"], created["response"])
-    elif name == "output_not_a_list":
+    elif name in FIELD_REPLACED:
+        kind, field, value = FIELD_REPLACED[name]
         [(event, data)] = rest
-        assert event == "response.completed" and json.loads(data)["response"]["output"] == 5
+        assert event == kind and json.loads(data)["response"][field] == value
     else:
         assert rest == []
 
@@ -537,8 +553,9 @@ def test_a_non_streaming_post_answers_the_first_hostile_text(emu, name):
     reply = _post(emu, stream=False)
     assert reply.status_code == 200
     assert reply.headers["content-type"].startswith("application/json")
-    if name == "output_not_a_list":
-        assert json.loads(reply.content)["response"]["output"] == 5
+    if name in FIELD_REPLACED:
+        _, field, value = FIELD_REPLACED[name]
+        assert json.loads(reply.content)["response"][field] == value
         return
     # Item ids derive from the response id, which this answer does not otherwise show.
     item_id = json.loads(reply.content).get("item_id", "") if "index" in name else ""
