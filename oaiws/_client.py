@@ -11,6 +11,7 @@ from ._runtime import Runtime
 from ._stream import ResponseStream, collect_response
 from .conversation import Conversation
 from .errors import ConfigurationError
+from .responses import Responses
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -39,8 +40,12 @@ class Client:
     ``affinity_wait`` (seconds, default 1.0; 0 turns holds off) is how long a conversation's
     connection is kept for its next turn, and so the most a hold may delay anyone else.
     ``max_message_size`` (bytes, default 64 MiB) is the largest message accepted from the
-    server. Nothing touches the network until the first request (``min_connections`` are
-    opened in the background at once).
+    server. ``transport`` is ``"auto"`` (WebSocket, falling back to HTTP streaming where the
+    server has no WebSocket mode), ``"websocket"`` or ``"http"``. Nothing touches the network
+    until the first request (``min_connections`` are opened in the background at once).
+
+    ``client.responses`` is the openai-python-shaped surface: ``create`` (also
+    ``background=True``), ``retrieve``, ``delete``, ``cancel``, ``input_items.list``.
     """
 
     def __init__(
@@ -66,6 +71,7 @@ class Client:
         proxy: Optional[str] = None,
         affinity_wait: float = 1.0,
         max_message_size: int = 64 * 1024 * 1024,
+        transport: str = "auto",
     ) -> None:
         config = ClientConfig.resolve(
             api_key=api_key,
@@ -88,8 +94,10 @@ class Client:
             proxy=proxy,
             affinity_wait=affinity_wait,
             max_message_size=max_message_size,
+            transport=transport,
         )
         self._runtime = Runtime(config)
+        self.responses = Responses(self._runtime)
 
     @property
     def config(self) -> ClientConfig:

@@ -24,6 +24,7 @@ from .errors import ConfigurationError
 
 __all__ = [
     "DEFAULT_BASE_URL",
+    "TRANSPORTS",
     "ClientConfig",
     "ProxySettings",
     "display_url",
@@ -39,6 +40,9 @@ _SECRET_HEADERS = _CREDENTIAL_HEADERS | {"cookie", "proxy-authorization"}
 
 # The protocol gives the WebSocket the same path as the HTTP create endpoint.
 _RESPONSES_PATH = "/responses"
+
+# How requests reach the server (see _transport).
+TRANSPORTS = ("auto", "websocket", "http")
 
 # A message below this could not even hold a finished response of a few words.
 _MIN_MESSAGE_SIZE = 4096
@@ -211,6 +215,8 @@ class ClientConfig:
     affinity_wait: float = 1.0
     # The largest message accepted from the server, in bytes; see _frames.
     max_message_size: int = 64 * 1024 * 1024
+    # "auto" (WebSocket, falling back to HTTP), "websocket" or "http"; see _transport.
+    transport: str = "auto"
 
     @classmethod
     def resolve(
@@ -236,6 +242,7 @@ class ClientConfig:
         proxy: Optional[str] = None,
         affinity_wait: float = 1.0,
         max_message_size: int = 64 * 1024 * 1024,
+        transport: str = "auto",
     ) -> ClientConfig:
         """Resolve arguments against the environment and validate every value.
 
@@ -293,6 +300,10 @@ class ClientConfig:
             )
         max_retries = _count("max_retries", max_retries, minimum=0)
         max_message_size = _count("max_message_size", max_message_size, minimum=_MIN_MESSAGE_SIZE)
+        if transport not in TRANSPORTS:
+            raise ConfigurationError(
+                f"transport must be one of {', '.join(map(repr, TRANSPORTS))} (got {transport!r})"
+            )
         if (
             isinstance(affinity_wait, bool)
             or not isinstance(affinity_wait, (int, float))
@@ -351,6 +362,7 @@ class ClientConfig:
             proxy=proxy_settings,
             affinity_wait=float(affinity_wait),
             max_message_size=max_message_size,
+            transport=transport,
         )
 
     @property
@@ -422,6 +434,7 @@ class ClientConfig:
             ("proxy", self.proxy.display() if self.proxy is not None else None),
             ("affinity_wait", self.affinity_wait),
             ("max_message_size", self.max_message_size),
+            ("transport", self.transport),
         ]
         body = ", ".join(f"{name}={value!r}" for name, value in fields if value is not None)
         return f"ClientConfig({body})"

@@ -36,7 +36,7 @@ from .errors import (
     error_from_handshake,
 )
 
-__all__ = ["TIMEOUT_ERRORS", "drop", "open_websocket"]
+__all__ = ["TIMEOUT_ERRORS", "ProxyRefusedError", "drop", "open_websocket"]
 
 logger = logging.getLogger("oaiws.connection")
 
@@ -47,6 +47,11 @@ TIMEOUT_ERRORS: tuple[type[BaseException], ...] = (
     socket.timeout,
     TimeoutError,
 )
+
+
+class ProxyRefusedError(APIConnectionError):
+    """The proxy refused to carry the upgrade (documented as ``APIConnectionError``; with
+    ``transport="auto"`` the request goes over HTTP instead)."""
 
 
 def open_websocket(config: ClientConfig) -> tuple[websocket.WebSocket, Optional[str]]:
@@ -141,7 +146,7 @@ def _mapped_errors(ws: websocket.WebSocket, shown: str, config: ClientConfig) ->
     except websocket.WebSocketAddressException as exc:
         raise APIConnectionError(f"cannot resolve the host of {shown}: {exc}") from exc
     except websocket.WebSocketProxyException as exc:
-        raise APIConnectionError(f"the proxy refused the connection to {shown}: {exc}") from exc
+        raise ProxyRefusedError(f"the proxy refused the connection to {shown}: {exc}") from exc
     except websocket.WebSocketException as exc:
         redirect = _redirect_status(ws)
         if redirect is not None:

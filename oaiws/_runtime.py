@@ -1,9 +1,10 @@
 """What a ``Client``, its streams and its conversations share: one object, so that none of
 them reaches into another's private members.
 
-A ``Runtime`` owns the resolved configuration, the connection pool and the statistics, knows
-whether the client was closed, and prepares a request (its fields and its ``timeout=``
-checked, before anything is sent).
+A ``Runtime`` owns the resolved configuration, the WebSocket pool, the HTTP transport, the
+router that chooses between them, and the statistics; it knows whether the client was
+closed, and prepares a request (its fields and its ``timeout=`` checked, before anything is
+sent).
 """
 
 from __future__ import annotations
@@ -14,23 +15,27 @@ from collections.abc import Mapping
 from typing import Any, Optional
 
 from ._config import ClientConfig
+from ._http import HttpTransport
 from ._payload import build_payload
 from ._pool import Pool, closed_error
 from ._stats import Stats
+from ._transport import Router
 from .errors import ConfigurationError
 
 __all__ = ["Runtime"]
 
 
 class Runtime:
-    """The configuration, pool and statistics of one client, and its open/closed state."""
+    """The configuration, transports and statistics of one client, and its open/closed state."""
 
-    __slots__ = ("_closed", "_lock", "config", "pool", "stats")
+    __slots__ = ("_closed", "_lock", "config", "http", "pool", "router", "stats")
 
     def __init__(self, config: ClientConfig, pool: Optional[Pool] = None) -> None:
         self.config = config
         self.stats = pool.counters if pool is not None else Stats()
         self.pool = pool if pool is not None else Pool(config, stats=self.stats)
+        self.http = HttpTransport(config, self.stats)
+        self.router = Router(config, self.pool, self.http, self.stats)
         self._lock = threading.Lock()
         self._closed = False
 
@@ -74,3 +79,4 @@ class Runtime:
                 return
             self._closed = True
         self.pool.close()
+        self.http.close()

@@ -32,6 +32,8 @@ COUNTERS = (
     "affinity_holds_released",
     "replays",
     "maintenance_errors",
+    "http_requests",
+    "http_fallbacks",
 )
 
 

@@ -40,8 +40,8 @@ from .errors import (
 if TYPE_CHECKING:
     from types import TracebackType
 
-    from ._connection import Connection
     from ._runtime import Runtime
+    from ._transport import AnyChannel, ChannelSource
 
 __all__ = ["ResponseStream", "Turn", "collect_response"]
 
@@ -83,6 +83,7 @@ class _Request:
 
     __slots__ = (
         "accumulator",
+        "channels",
         "conn",
         "deadline",
         "events",
@@ -109,8 +110,12 @@ class _Request:
         replay: Optional[dict[str, Any]] = None,
         hold: bool = False,
         turn: Optional[Turn] = None,
+        channels: Optional[ChannelSource] = None,
     ) -> None:
         self.runtime = runtime
+        # Where the request gets its channel: the client's router (WebSocket or HTTP), or a
+        # fixed HTTP request (a background create, a retrieve).
+        self.channels: ChannelSource = channels if channels is not None else runtime.router
         self.payload = payload
         # The same request with the whole transcript as input and no previous_response_id:
         # sent instead of the continuation when the chain cannot be continued (a conversation).
@@ -120,7 +125,7 @@ class _Request:
         self.timeout = timeout
         self.deadline = deadline
         self.retry_start = retry_start
-        self.conn: Optional[Connection] = None
+        self.conn: Optional[AnyChannel] = None
         self.request_id: Optional[str] = None  # the x-request-id of the last connection's upgrade
         self.accumulator = ResponseAccumulator()
         self.events: list[Event] = []
@@ -158,12 +163,12 @@ class _Request:
     def drop_connection(self, reason: str, *, lost: bool = False) -> None:
         conn, self.conn = self.conn, None
         if conn is not None:
-            self.runtime.pool.discard(conn, reason, lost=lost)  # the pool logs it
+            self.channels.discard(conn, reason, lost=lost)  # the pool logs it
 
     def _return_connection(self, *, hold: bool = False) -> None:
         conn, self.conn = self.conn, None
         if conn is not None:
-            self.runtime.pool.release(conn, hold=hold)
+            self.channels.release(conn, hold=hold)
 
     # --- the start, under the retry policy -------------------------------------------------
 
@@ -192,7 +197,7 @@ class _Request:
         config = self.runtime.config
         affinity = self.payload.get("previous_response_id")
         try:
-            conn = self.runtime.pool.acquire(self._bounded(config.pool_timeout), affinity)
+            conn = self.channels.acquire(self._bounded(config.pool_timeout), affinity)
         except APIError as error:
             # The handshake reached the server (or the pool is full, or time is up): what the
             # policy makes of it depends on the error alone.
@@ -222,6 +227,7 @@ class _Request:
                 payload = self.replay
                 conn.send_json(payload)
                 data = conn.recv_json(self._bounded(config.read_timeout))
+            self.request_id = conn.request_id  # over HTTP, known once the answer came
             self.check(data)
         except APITimeoutError as error:
             self.drop_connection("no first event before the deadline")
@@ -239,7 +245,7 @@ class _Request:
             raise
         return data
 
-    def _payload_for(self, conn: Connection, affinity: Optional[str]) -> dict[str, Any]:
+    def _payload_for(self, conn: AnyChannel, affinity: Optional[str]) -> dict[str, Any]:
         """The continuation, or the full replay when this connection cannot continue it.
 
         With ``store: false`` only the connection that produced the previous response can
@@ -417,10 +423,13 @@ class ResponseStream:
         *,
         timeout: Optional[float] = None,
         turn: Optional[Turn] = None,
+        channels: Optional[ChannelSource] = None,
     ) -> None:
         # A conversation's turn plans its payload at the first next(): ``payload`` is then
         # only a placeholder (its model shows in the repr).
-        self._request = _Request(runtime, payload, timeout, hold=turn is not None, turn=turn)
+        self._request = _Request(
+            runtime, payload, timeout, hold=turn is not None, turn=turn, channels=channels
+        )
         self._events = _events(self._request)
 
     def __iter__(self) -> Iterator[Event]:
@@ -488,6 +497,7 @@ def collect_response(
     timeout: Optional[float],
     replay: Optional[dict[str, Any]] = None,
     hold: bool = False,
+    channels: Optional[ChannelSource] = None,
 ) -> Response:
     """Run a request to its end without yielding anything: ``create_response``.
 
@@ -507,6 +517,7 @@ def collect_response(
             deadline=deadline,
             replay=replay,
             hold=hold,
+            channels=channels,
         )
         try:
             for _ in _events(request):

@@ -74,6 +74,7 @@ __all__ = [
     "UnprocessableEntityError",
     "error_from_event",
     "error_from_handshake",
+    "error_from_status",
 ]
 
 # Header names whose values must never be shown, whatever the server sent back.
@@ -386,19 +387,22 @@ def _retry_after_seconds(headers: Mapping[str, str]) -> Optional[float]:
     return None
 
 
-def error_from_handshake(
+def error_from_status(
     status_code: int,
     body: Any,
     headers: Optional[Mapping[str, str]] = None,
+    *,
+    action: str = "the WebSocket upgrade",
 ) -> APIStatusError:
-    """Build the exception for a WebSocket upgrade the server refused with an HTTP status.
+    """Build the exception for an HTTP error status: a refused WebSocket upgrade, or an HTTP
+    request's answer (``action`` names it in the message when the body has none).
 
     ``body`` is the decoded JSON body when there was one (``{"error": {...}}``), else the text.
     """
     error = body.get("error") if isinstance(body, Mapping) else None
     fields: Mapping[str, Any] = error if isinstance(error, Mapping) else {}
     code = _str_or_none(fields.get("code"))
-    message = _str_or_none(fields.get("message")) or _handshake_message(status_code, body)
+    message = _str_or_none(fields.get("message")) or _status_message(status_code, body, action)
     cls = _status_class(status_code, code)
     return cls(
         message,
@@ -409,6 +413,15 @@ def error_from_handshake(
         body=body,
         headers=headers,
     )
+
+
+def error_from_handshake(
+    status_code: int,
+    body: Any,
+    headers: Optional[Mapping[str, str]] = None,
+) -> APIStatusError:
+    """Build the exception for a WebSocket upgrade the server refused with an HTTP status."""
+    return error_from_status(status_code, body, headers)
 
 
 def error_from_event(event: Mapping[str, Any], *, response_id: Optional[str] = None) -> APIError:
@@ -446,10 +459,11 @@ def error_from_event(event: Mapping[str, Any], *, response_id: Optional[str] = N
     )
 
 
-def _handshake_message(status_code: int, body: Any) -> str:
+def _status_message(status_code: int, body: Any, action: str) -> str:
     text = body.strip() if isinstance(body, str) else ""
     detail = f": {text[:200]}" if text else ""
-    return f"the server refused the WebSocket upgrade with HTTP {status_code}{detail}"
+    verb = "refused" if action == "the WebSocket upgrade" else "answered"
+    return f"the server {verb} {action} with HTTP {status_code}{detail}"
 
 
 def _str_or_none(value: Any) -> Optional[str]:

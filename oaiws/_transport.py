@@ -1,0 +1,157 @@
+"""Which transport carries a request: the WebSocket pool, HTTP streaming, or, with
+``transport="auto"``, WebSocket first and HTTP where WebSocket mode is not offered.
+
+A request asks the ``Router`` for a channel (a pooled WebSocket ``Connection`` or a one-off
+``HttpChannel``: both send a payload and receive events), and gives it back through the
+router, which returns it to its pool or closes it.
+
+``auto``: an upgrade answered with a status that means "no WebSocket mode here" (404, 405,
+426, 501), or refused by a proxy, sends the request over HTTP at once, in the same attempt
+(nothing was sent yet), and later requests go straight to HTTP for ``REPROBE_AFTER`` seconds,
+after which WebSocket mode is tried again (a server may gain it). The first fallback is logged
+at WARNING, each one counted in ``http_fallbacks``. Other refusals (401, 403, 429, 5xx) are
+real errors and never fall back.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any, Optional, Protocol, Union
+
+from ._config import ClientConfig, display_url
+from ._connection import Connection
+from ._handshake import ProxyRefusedError
+from ._http import HttpChannel, HttpTransport
+from ._pool import Pool
+from ._stats import Stats
+from .errors import APIStatusError
+
+__all__ = ["NO_WEBSOCKET_STATUSES", "REPROBE_AFTER", "Channel", "ChannelSource", "Router"]
+
+logger = logging.getLogger("oaiws")
+
+# Statuses of a refused upgrade that mean "this server has no WebSocket mode".
+NO_WEBSOCKET_STATUSES = frozenset({404, 405, 426, 501})
+
+# Seconds a client that fell back to HTTP waits before trying WebSocket mode again.
+REPROBE_AFTER = 600.0
+
+
+class Channel(Protocol):
+    """What a request talks through (``Connection`` and ``HttpChannel`` are both one)."""
+
+    request_id: Optional[str]
+    requests_started: int
+    last_response_id: Optional[str]
+
+    @property
+    def closed(self) -> bool: ...
+
+    def send_json(self, payload: Any) -> None: ...
+
+    def recv_json(self, timeout: float) -> Any: ...
+
+
+AnyChannel = Union[Connection, HttpChannel]
+
+
+class ChannelSource(Protocol):
+    """Where a request gets its channel and gives it back."""
+
+    def acquire(self, timeout: float, affinity: Optional[str]) -> AnyChannel: ...
+
+    def release(self, channel: AnyChannel, *, hold: bool) -> None: ...
+
+    def discard(self, channel: AnyChannel, reason: str, *, lost: bool) -> None: ...
+
+
+class Router:
+    """The client's ``ChannelSource``: WebSocket, HTTP, or WebSocket first (see the module)."""
+
+    def __init__(self, config: ClientConfig, pool: Pool, http: HttpTransport, stats: Stats) -> None:
+        self._mode = config.transport
+        self._url = display_url(config.websocket_url)
+        self.pool = pool
+        self.http = http
+        self._stats = stats
+        self._http_until = 0.0  # monotonic: HTTP straight away until then (auto)
+        self._warned = False
+        self._lock = threading.Lock()
+
+    @property
+    def over_http(self) -> bool:
+        """Whether the next request goes over HTTP without trying WebSocket mode."""
+        if self._mode == "http":
+            return True
+        return self._mode == "auto" and time.monotonic() < self._http_until
+
+    def acquire(self, timeout: float, affinity: Optional[str]) -> AnyChannel:
+        if self.over_http:
+            return self.http.channel()
+        try:
+            return self.pool.acquire(timeout, affinity)
+        except APIStatusError as error:
+            if self._mode != "auto" or error.status_code not in NO_WEBSOCKET_STATUSES:
+                raise
+            self._fall_back(f"the server answered the upgrade with HTTP {error.status_code}")
+        except ProxyRefusedError:
+            if self._mode != "auto":
+                raise
+            self._fall_back("a proxy refused the upgrade")
+        return self.http.channel()
+
+    def _fall_back(self, why: str) -> None:
+        with self._lock:
+            self._http_until = time.monotonic() + REPROBE_AFTER
+            first, self._warned = not self._warned, True
+        self._stats.add("http_fallbacks")
+        message = (
+            "oaiws: %s at %s: WebSocket mode is not available there, so requests go over HTTP "
+            "streaming (tried again in %gs; transport='http' skips the attempt, "
+            "transport='websocket' raises instead)"
+        )
+        if first:
+            logger.warning(message, why, self._url, REPROBE_AFTER)
+        else:
+            logger.debug(message, why, self._url, REPROBE_AFTER)
+
+    def release(self, channel: AnyChannel, *, hold: bool) -> None:
+        if isinstance(channel, HttpChannel):
+            channel.finish()
+        else:
+            self.pool.release(channel, hold=hold)
+
+    def discard(self, channel: AnyChannel, reason: str, *, lost: bool) -> None:
+        if isinstance(channel, HttpChannel):
+            channel.close()
+        else:
+            self.pool.discard(channel, reason, lost=lost)
+
+
+class HttpSource:
+    """A ``ChannelSource`` of one fixed HTTP request (a background create, a retrieve)."""
+
+    def __init__(
+        self,
+        http: HttpTransport,
+        method: str,
+        path: str,
+        params: Optional[dict[str, Any]] = None,
+    ) -> None:
+        self._http = http
+        self._method = method
+        self._path = path
+        self._params = params
+
+    def acquire(self, timeout: float, affinity: Optional[str]) -> AnyChannel:
+        return self._http.channel(self._method, self._path, self._params)
+
+    def release(self, channel: AnyChannel, *, hold: bool) -> None:
+        assert isinstance(channel, HttpChannel)
+        channel.finish()
+
+    def discard(self, channel: AnyChannel, reason: str, *, lost: bool) -> None:
+        assert isinstance(channel, HttpChannel)
+        channel.close()
