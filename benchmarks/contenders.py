@@ -15,6 +15,8 @@ for oaiws, a pool), as a program with threads would.
 4. ``sdk_ws_kept``: the official SDK with one kept ``connect()`` per thread.
 5. ``sdk_http``: the official SDK over HTTP, ``client.responses.create(stream=True)``.
 6. ``oaiws``: ``oaiws.Client.generate_response``.
+7. ``oaiws_http``: the same over HTTP streaming, ``oaiws.Client(transport="http")``: what a
+   program gets where WebSocket mode is not offered.
 
 The raw contenders decode with orjson when it is installed (the fastest thing a hand-written
 loop could do) unless ``OAIWS_JSON=json`` asks for the standard library, the same rule as
@@ -38,7 +40,7 @@ DELTA = "response.output_text.delta"
 MODEL = "gpt-test"
 
 # Order matters: it is the order of the table, floor first.
-NAMES = ("raw_kept", "raw_fresh", "sdk_ws_fresh", "sdk_ws_kept", "sdk_http", "oaiws")
+NAMES = ("raw_kept", "raw_fresh", "sdk_ws_fresh", "sdk_ws_kept", "sdk_http", "oaiws", "oaiws_http")
 LABELS = {
     "raw_kept": "1 raw websocket-client, kept",
     "raw_fresh": "2 raw websocket-client, fresh",
@@ -46,10 +48,11 @@ LABELS = {
     "sdk_ws_kept": "4 openai connect() kept/thread",
     "sdk_http": "5 openai HTTP stream",
     "oaiws": "6 oaiws",
+    "oaiws_http": "7 oaiws over HTTP",
 }
 OPEN_TIMEOUT = 10.0  # seconds for any handshake
 # Contenders that keep connections open between requests (the others close them each time).
-KEEPS_CONNECTIONS = ("raw_kept", "sdk_ws_kept", "sdk_http", "oaiws")
+KEEPS_CONNECTIONS = ("raw_kept", "sdk_ws_kept", "sdk_http", "oaiws", "oaiws_http")
 
 
 def json_loads() -> Callable[[Any], Any]:
@@ -337,6 +340,7 @@ class SDKHTTP(_SDK):
 
 class OAIWS(Contender):
     name = "oaiws"
+    transport = "websocket"
 
     def __init__(self, target: Target, *, max_connections: int = 10, min_connections: int = 0):
         import oaiws  # noqa: PLC0415 - imported where used, so cold starts import only it
@@ -347,6 +351,7 @@ class OAIWS(Contender):
             verify=target.ca_path or True,
             max_connections=max_connections,
             min_connections=min_connections,
+            transport=self.transport,
         )
 
     def request(self, fields: dict[str, Any]) -> tuple[int, str]:
@@ -376,6 +381,14 @@ class OAIWS(Contender):
 
     def close(self) -> None:
         self._client.close()
+
+
+# -- 7: oaiws over HTTP ---------------------------------------------------------------------
+
+
+class OAIWSHTTP(OAIWS):
+    name = "oaiws_http"
+    transport = "http"
 
 
 def attempt(
@@ -421,4 +434,6 @@ def make(name: str, target: Target, **options: Any) -> Contender:
         return SDKHTTP(target)
     if name == "oaiws":
         return OAIWS(target, **options)
+    if name == "oaiws_http":
+        return OAIWSHTTP(target, **options)
     raise ValueError(f"unknown contender {name!r}; choose from {', '.join(NAMES)}")

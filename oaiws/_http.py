@@ -143,6 +143,9 @@ class HttpTransport:
                 timeout=(self._config.connect_timeout, read_timeout),
                 allow_redirects=False,  # the credentials never follow a redirect
                 proxies=self._proxies(url),
+                # Explicit, so that a CA bundle named in the environment (REQUESTS_CA_BUNDLE)
+                # never overrides a verify= that names one (requests does that for None).
+                verify=self._config.verify,
             )
         except Exception as error:
             raise _mapped(error, shown, self._config) from error

@@ -76,7 +76,7 @@ class Router:
         self.pool = pool
         self.http = http
         self._stats = stats
-        self._http_until = 0.0  # monotonic: HTTP straight away until then (auto)
+        self._fell_back_at: Optional[float] = None  # monotonic, the last fallback (auto)
         self._warned = False
         self._lock = threading.Lock()
 
@@ -85,7 +85,12 @@ class Router:
         """Whether the next request goes over HTTP without trying WebSocket mode."""
         if self._mode == "http":
             return True
-        return self._mode == "auto" and time.monotonic() < self._http_until
+        fell_back_at = self._fell_back_at
+        return (
+            self._mode == "auto"
+            and fell_back_at is not None
+            and time.monotonic() - fell_back_at < REPROBE_AFTER
+        )
 
     def acquire(self, timeout: float, affinity: Optional[str]) -> AnyChannel:
         if self.over_http:
@@ -104,7 +109,7 @@ class Router:
 
     def _fall_back(self, why: str) -> None:
         with self._lock:
-            self._http_until = time.monotonic() + REPROBE_AFTER
+            self._fell_back_at = time.monotonic()
             first, self._warned = not self._warned, True
         self._stats.add("http_fallbacks")
         message = (

@@ -222,6 +222,16 @@ def checks(figures: dict[str, Any]) -> list[Check]:
                 share <= 1.2,
             )
         )
+        us = cpu["us_per_event"]
+        over_http = ratio(us["oaiws_http"], us["oaiws"]) or 0.0
+        found.append(
+            Check(
+                "e",
+                f"{backend}: oaiws over HTTP, CPU per event against over WebSocket (reported)",
+                f"{over_http:.3f}x ({us['oaiws_http']:.2f} vs {us['oaiws']:.2f} us)",
+                None,
+            )
+        )
     return found
 
 

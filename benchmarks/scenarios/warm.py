@@ -84,6 +84,18 @@ def checks(figures: dict[str, Any]) -> list[Check]:
                     faster >= times,
                 )
             )
+        # Where WebSocket mode is not offered: oaiws over HTTP against the SDK over HTTP.
+        over_http = rows["oaiws_http"]["median_ms"]
+        faster = ratio(rows["sdk_http"]["median_ms"], over_http) or 0.0
+        found.append(
+            Check(
+                "a",
+                f"{label}: oaiws over HTTP faster than {C.LABELS['sdk_http']}",
+                f"{faster:.2f}x ({over_http:.3f} vs {rows['sdk_http']['median_ms']:.3f} ms; "
+                f"{ratio(over_http, mine) or 0.0:.2f}x oaiws over WebSocket)",
+                faster > 1.0,
+            )
+        )
     return found
 
 

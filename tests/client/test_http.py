@@ -1,0 +1,306 @@
+"""The HTTP transport over real sockets: transport="http", the auto fallback and its memory,
+strict WebSocket mode, errors, retries, deadlines, abandoned streams, redirects, TLS, fork."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socketserver
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any, Callable
+
+import pytest
+from support import wait_for
+
+import oaiws
+from oaiws import _retry, _transport
+from oaiws.testing import Emulator, Fault, expected_text
+
+ClientFactory = Callable[..., oaiws.Client]
+
+
+def _text(events: Any) -> str:
+    return "".join(e.delta for e in events if e.type == "response.output_text.delta")
+
+
+# -- the same surface over HTTP -----------------------------------------------------------
+
+
+def test_http_transport_never_tries_an_upgrade_and_gives_the_same_events(
+    oaiws_emulator: Emulator, client_for: ClientFactory
+) -> None:
+    over_http = client_for(oaiws_emulator, transport="http")
+    over_ws = client_for(oaiws_emulator, transport="websocket")
+    http_events = list(over_http.generate_response(model="m", input="hello"))
+    ws_events = list(over_ws.generate_response(model="m", input="hello"))
+    assert [e.type for e in http_events] == [e.type for e in ws_events]
+    assert _text(http_events) == _text(ws_events) == expected_text("hello")
+    assert all(isinstance(e, oaiws.Event) for e in http_events)
+    response = over_http.create_response(model="m", input="hello")
+    assert response.status == "completed" and response.output_text == expected_text("hello")
+    assert oaiws_emulator.stats()["handshakes"] == 1, "only the websocket client upgraded"
+    stats = over_http.pool_stats()
+    assert stats["http_requests"] == 2 and stats["connections_opened"] == 0
+
+
+def test_http_streams_reuse_their_tcp_connection_when_read_to_the_end(
+    oaiws_emulator: Emulator, client_for: ClientFactory
+) -> None:
+    client = client_for(oaiws_emulator, transport="http")
+    for n in range(5):
+        assert client.create_response(model="m", input=f"turn {n}").status == "completed"
+    # The emulator counts the TCP connections its HTTP side accepted.
+    assert oaiws_emulator.stats()["http_connections"] == 1
+
+
+def test_an_http_stream_left_midway_is_closed_never_reused(
+    oaiws_emulator: Emulator, client_for: ClientFactory
+) -> None:
+    client = client_for(oaiws_emulator, transport="http")
+    slow = {"emulator_deltas": "200", "emulator_delta_delay_ms": "5"}
+    with client.generate_response(model="m", input="x", metadata=slow) as stream:
+        for event in stream:
+            if event.type == "response.output_text.delta":
+                break
+    # The server sees the socket go, so it stops generating; the next request opens another.
+    wait_for(lambda: oaiws_emulator.stats()["http_connections_open"] == 0, what="the close")
+    assert client.create_response(model="m", input="next").status == "completed"
+    assert oaiws_emulator.stats()["http_connections"] == 2
+    assert oaiws_emulator.stats()["responses_completed"] == 1
+
+
+# -- auto: the fallback and its memory -----------------------------------------------------
+
+
+def test_auto_falls_back_to_http_at_once_and_remembers(
+    oaiws_emulator: Emulator,
+    client_for: ClientFactory,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="oaiws")
+    client = client_for(oaiws_emulator, max_retries=0)
+    oaiws_emulator.inject(Fault(refuse_status=404), on="connection", times=2)
+    first = client.create_response(model="m", input="one")
+    second = client.create_response(model="m", input="two")
+    assert first.status == second.status == "completed"
+    stats = oaiws_emulator.stats()
+    assert stats["refused_upgrades"] == 1, "the second request did not pay a refused upgrade"
+    pool = client.pool_stats()
+    assert (pool["http_fallbacks"], pool["http_requests"], pool["retries"]) == (1, 2, 0)
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "HTTP 404" in warnings[0].getMessage()
+    assert oaiws_emulator.api_key not in caplog.text
+
+    # Later, WebSocket mode is tried again: here the server refuses once more (no new
+    # warning), then it offers WebSocket mode and the client uses it.
+    monkeypatch.setattr(_transport, "REPROBE_AFTER", 0.0)
+    assert client.create_response(model="m", input="three").status == "completed"
+    assert oaiws_emulator.stats()["refused_upgrades"] == 2
+    assert client.create_response(model="m", input="four").status == "completed"
+    assert oaiws_emulator.stats()["handshakes"] == 1
+    assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 1
+
+
+@pytest.mark.parametrize("status", [401, 403, 429, 500, 503])
+def test_auto_never_falls_back_on_a_real_error(
+    oaiws_emulator: Emulator, client_for: ClientFactory, status: int
+) -> None:
+    client = client_for(oaiws_emulator, max_retries=0)
+    oaiws_emulator.inject(Fault(refuse_status=status), on="connection")
+    with pytest.raises(oaiws.APIStatusError) as caught:
+        client.create_response(model="m", input="x")
+    assert caught.value.status_code == status
+    assert client.pool_stats()["http_fallbacks"] == 0
+    assert oaiws_emulator.stats()["http_requests"] == 0
+
+
+def test_strict_websocket_mode_raises_the_refusal(
+    oaiws_emulator: Emulator, client_for: ClientFactory
+) -> None:
+    client = client_for(oaiws_emulator, transport="websocket", max_retries=0)
+    oaiws_emulator.inject(Fault(refuse_status=404), on="connection")
+    with pytest.raises(oaiws.NotFoundError):
+        client.create_response(model="m", input="x")
+    assert oaiws_emulator.stats()["http_requests"] == 0
+
+
+def test_transport_is_validated() -> None:
+    with pytest.raises(oaiws.ConfigurationError, match="transport must be one of"):
+        oaiws.Client(api_key="sk-x", transport="sse")
+
+
+# -- errors, retries and deadlines over HTTP ------------------------------------------------
+
+
+def test_429_with_retry_after_over_http_is_retried_after_the_pause(
+    oaiws_emulator: Emulator, client_for: ClientFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_retry, "INITIAL_BACKOFF", 30.0)  # only retry-after may set the pause
+    client = client_for(oaiws_emulator, transport="http")
+    oaiws_emulator.inject(Fault(error_code="rate_limit_exceeded", retry_after=0.2))
+    started = time.monotonic()
+    response = client.create_response(model="m", input="x")
+    assert response.status == "completed"
+    assert 0.2 <= time.monotonic() - started < 5.0
+    assert client.pool_stats()["retries"] == 1
+
+
+def test_http_errors_are_the_documented_exceptions_with_their_ids(
+    oaiws_emulator: Emulator, client_for: ClientFactory
+) -> None:
+    client = client_for(oaiws_emulator, transport="http", max_retries=0)
+    oaiws_emulator.inject(Fault(error_code="invalid_value", error_status=400))
+    with pytest.raises(oaiws.BadRequestError) as caught:
+        client.create_response(model="m", input="x")
+    assert caught.value.status_code == 400 and caught.value.code == "invalid_value"
+    assert caught.value.request_id is not None
+    bad_key = client_for(oaiws_emulator, transport="http", api_key="sk-wrong-secret-key")
+    with pytest.raises(oaiws.AuthenticationError) as refused:
+        bad_key.create_response(model="m", input="x")
+    assert "sk-wrong-secret-key" not in str(refused.value) + repr(refused.value.body)
+
+
+def test_a_stream_cut_midway_over_http_is_an_interruption_with_what_arrived(
+    oaiws_emulator: Emulator, client_for: ClientFactory
+) -> None:
+    client = client_for(oaiws_emulator, transport="http")
+    oaiws_emulator.inject(Fault(close_after_events=4, close_code=None))
+    seen: list[oaiws.Event] = []
+    with pytest.raises(oaiws.StreamInterruptedError) as caught:
+        for event in client.generate_response(model="m", input="x"):
+            seen.append(event)
+    assert len(caught.value.events) == len(seen) == 4
+    assert caught.value.partial_response is not None
+    assert oaiws_emulator.stats()["requests"] == 1, "never retried after output"
+
+
+def test_read_timeout_bounds_the_silence_between_events_over_http(
+    oaiws_emulator: Emulator, client_for: ClientFactory
+) -> None:
+    client = client_for(oaiws_emulator, transport="http", read_timeout=0.3)
+    oaiws_emulator.inject(Fault(stall_after_first_event=5.0))
+    started = time.monotonic()
+    with pytest.raises(oaiws.StreamTimeoutError):
+        list(client.generate_response(model="m", input="x"))
+    assert time.monotonic() - started < 3.0
+
+
+def test_the_calls_timeout_bounds_a_request_over_http(
+    oaiws_emulator: Emulator, client_for: ClientFactory
+) -> None:
+    client = client_for(oaiws_emulator, transport="http")
+    oaiws_emulator.inject(Fault(stall_before_first_event=5.0))
+    started = time.monotonic()
+    with pytest.raises(oaiws.APITimeoutError):
+        client.create_response(model="m", input="x", timeout=0.4)
+    assert time.monotonic() - started < 3.0
+
+
+def test_http_over_tls_with_a_private_ca(
+    oaiws_emulator_factory: Callable[..., Emulator], client_for: ClientFactory
+) -> None:
+    emu = oaiws_emulator_factory(tls=True)
+    client = client_for(emu, transport="http", verify=emu.ca_path)
+    assert client.create_response(model="m", input="tls").output_text == expected_text("tls")
+    untrusted = client_for(emu, transport="http", max_retries=0)
+    with pytest.raises(oaiws.APIConnectionError, match="TLS"):
+        untrusted.create_response(model="m", input="x")
+
+
+# -- redirects: never followed, the key never sent elsewhere -------------------------------
+
+
+class _Recorder(socketserver.StreamRequestHandler):
+    def handle(self) -> None:
+        server: Stub = self.server  # type: ignore[assignment]
+        head = []
+        while True:
+            line = self.rfile.readline()
+            if line in (b"\r\n", b"\n", b""):
+                break
+            head.append(line.decode("latin-1"))
+        server.heads.append(head)
+        body = b"moved"
+        self.wfile.write(
+            f"HTTP/1.1 {server.status} Moved\r\nLocation: {server.location}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+
+
+class Stub(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, status: int = 307, location: str = "") -> None:
+        super().__init__(("127.0.0.1", 0), _Recorder)
+        self.status, self.location = status, location
+        self.heads: list[list[str]] = []
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/v1"
+
+
+@pytest.fixture
+def stubs() -> Iterator[Callable[..., Stub]]:
+    made: list[Stub] = []
+
+    def make(**options: Any) -> Stub:
+        stub = Stub(**options)
+        threading.Thread(target=stub.serve_forever, args=(0.05,), daemon=True).start()
+        made.append(stub)
+        return stub
+
+    yield make
+    for stub in made:
+        stub.shutdown()
+        stub.server_close()
+
+
+def test_an_http_redirect_is_never_followed_and_the_key_stays_home(
+    stubs: Callable[..., Stub],
+) -> None:
+    elsewhere = stubs(status=200)
+    redirecting = stubs(status=307, location=elsewhere.base_url + "/responses?token=SECRET")
+    with oaiws.Client(
+        api_key="sk-secret-key", base_url=redirecting.base_url, transport="http", max_retries=0
+    ) as client:
+        with pytest.raises(oaiws.APIStatusError) as caught:
+            client.create_response(model="m", input="x")
+        with pytest.raises(oaiws.APIStatusError):
+            client.responses.retrieve("resp_1")
+    assert caught.value.status_code == 307 and "never followed" in str(caught.value)
+    assert "SECRET" not in str(caught.value) and "sk-secret-key" not in str(caught.value)
+    assert elsewhere.heads == [], "nothing went to the redirect's target"
+    assert len(redirecting.heads) == 2
+
+
+# -- fork -----------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_fork_gives_the_child_its_own_http_session(
+    oaiws_emulator: Emulator, client_for: ClientFactory
+) -> None:
+    client = client_for(oaiws_emulator, transport="http")
+    assert client.create_response(model="m", input="parent").status == "completed"
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: exit with its verdict, never return into pytest
+        code = 1
+        try:
+            ok = client.create_response(model="m", input="child").status == "completed"
+            code = 0 if ok else 1
+        finally:
+            os.write(write, bytes([code]))
+            os._exit(code)
+    os.close(write)
+    assert os.read(read, 1) == b"\x00"
+    os.close(read)
+    os.waitpid(pid, 0)
+    assert client.create_response(model="m", input="parent again").status == "completed"
+    assert oaiws_emulator.stats()["http_connections"] == 2, "the child opened its own"
