@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional, Protocol
 
 from ._faults import Fault, FaultQueue, error_code_for_status
@@ -58,6 +58,15 @@ class Sink(Protocol):
 
 
 @dataclass
+class Switches:
+    """What may change while the emulator runs: read at each request, set from any thread
+    (one attribute assignment each, so a reader never sees half a change)."""
+
+    # None: WebSocket mode on; else every upgrade is answered with this HTTP status.
+    websocket_status: Optional[int] = None
+
+
+@dataclass
 class ServerContext:
     """What every connection and request shares."""
 
@@ -65,6 +74,7 @@ class ServerContext:
     stats: Stats
     faults: FaultQueue
     store: ResponseStore
+    switches: Switches = field(default_factory=Switches)
 
 
 def fault_error(fault: Fault) -> RequestError:

@@ -18,6 +18,7 @@ from oaiws.errors import ConfigurationError
 from ._engine import ConnectionAborted, ServerContext, fault_error, serve
 from ._faults import Fault
 from ._hostile import TextFrame, WireFrame
+from ._options import check_websocket_status
 from ._requests import RequestError, new_id, parse_create
 from ._websocket import CLOSE_HANDSHAKE_TIMEOUT, MAX_MESSAGE_BYTES, WebSocketSession
 
@@ -43,6 +44,8 @@ def build_app(ctx: ServerContext) -> web.Application:
     app.router.add_post("/_emulator/faults", _admin_inject)
     app.router.add_delete("/_emulator/faults", _admin_clear)
     app.router.add_post("/_emulator/close_all", _admin_close_all)
+    app.router.add_get("/_emulator/websocket", _admin_websocket)
+    app.router.add_post("/_emulator/websocket", _admin_websocket)
     return app
 
 
@@ -162,6 +165,12 @@ async def _responses_get(request: web.Request) -> web.StreamResponse:
             )
         )
     refusal = _authorized(request)
+    status = ctx.switches.websocket_status
+    if refusal is None and status is not None:
+        # A server without WebSocket mode: no delay and no fault, those belong to upgrades.
+        ctx.stats.add("refused_upgrades")
+        ctx.stats.add("websocket_refused")
+        return _error_response(websocket_refusal(status))
     fault = ctx.faults.take("connection") if refusal is None else None
     delay = ctx.options.handshake_delay + (fault.handshake_delay if fault else 0.0)
     if delay:
@@ -214,6 +223,17 @@ async def _responses_get(request: web.Request) -> web.StreamResponse:
         sessions.discard(session)
         ctx.stats.add("connections_open", -1)
     return ws
+
+
+def websocket_refusal(status: int) -> RequestError:
+    """What a server without WebSocket mode answers an upgrade with: the real API's answer to
+    a route it does not serve for 404, the same shape for any other status."""
+    if status == 404:
+        message = "Invalid URL (GET /v1/responses)"
+    else:
+        message = "WebSocket mode is not available on this server: use HTTP."
+    kind = "server_error" if status >= 500 else "invalid_request_error"
+    return RequestError(message, status=status, type=kind, code=None, param=None)
 
 
 # -- HTTP create (JSON or SSE) -------------------------------------------------------------
@@ -549,3 +569,23 @@ async def _admin_close_all(request: web.Request) -> web.StreamResponse:
     if code is not None and not (isinstance(code, int) and 1000 <= code <= 4999):
         return _error_response(RequestError("Invalid 'code': 1000-4999 or null.", param="code"))
     return web.json_response({"closed": close_all(request.app, code)})
+
+
+async def _admin_websocket(request: web.Request) -> web.StreamResponse:
+    """GET: the WebSocket switch. POST ``{"status": 404}``: refuse upgrades; ``null``: serve."""
+    refusal = _authorized(request)
+    if refusal is not None:
+        return refusal
+    switches = _ctx(request).switches
+    if request.method == "POST":
+        try:
+            body = await _read_json(request)
+            if not isinstance(body, dict) or "status" not in body:
+                raise ConfigurationError('the body must be {"status": STATUS or null}')
+            check_websocket_status(body["status"])
+        except RequestError as error:
+            return _error_response(error)
+        except ConfigurationError as exc:
+            return _error_response(RequestError(str(exc), param="status"))
+        switches.websocket_status = body["status"]
+    return web.json_response({"status": switches.websocket_status})

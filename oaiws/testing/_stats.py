@@ -12,6 +12,7 @@ Number = Union[int, float]
 STAT_KEYS = (
     "handshakes",
     "refused_upgrades",
+    "websocket_refused",
     "connections_open",
     "connections_total",
     "requests",
