@@ -15,6 +15,7 @@ from typing import Any, Optional, Union
 
 from oaiws.errors import ConfigurationError
 
+from ._background import BackgroundRuns
 from ._base import EmulatorBase
 from ._engine import ServerContext, Switches
 from ._faults import Fault, FaultQueue
@@ -84,6 +85,7 @@ class Emulator(EmulatorBase):
         self._faults = FaultQueue()
         self._store = ResponseStore()
         self._switches = Switches(websocket_status=self._options.websocket_status)
+        self._background = BackgroundRuns()
         self._lock = threading.Lock()
         self._thread: Optional[threading.Thread] = None
         self._loop: Optional[asyncio.AbstractEventLoop] = None
@@ -229,7 +231,12 @@ class Emulator(EmulatorBase):
         web = _optional("aiohttp.web", "aiohttp")
         server = _optional("oaiws.testing._server", "aiohttp")
         ctx = ServerContext(
-            self._options, self._stats, self._faults, self._store, switches=self._switches
+            self._options,
+            self._stats,
+            self._faults,
+            self._store,
+            self._background,
+            switches=self._switches,
         )
         self._app = server.build_app(ctx)
         self._runner = web.AppRunner(
@@ -240,6 +247,9 @@ class Emulator(EmulatorBase):
         await site.start()
 
     async def _shutdown(self) -> None:
+        # Background responses still running end now (as failed), which also ends the
+        # streams that follow them.
+        await self._background.shutdown()
         if self._app is not None:
             server = _optional("oaiws.testing._server", "aiohttp")
             # Going away politely, but a client that is not reading must not hold stop() up.

@@ -20,6 +20,8 @@ STAT_KEYS = (
     "responses_failed",
     "responses_incomplete",
     "warmups",
+    "background_started",
+    "background_cancelled",
     "cache_hits",
     "cache_misses",
     "hydrations",
