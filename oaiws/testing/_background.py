@@ -130,10 +130,19 @@ class BackgroundRun:
 
     # -- endings -------------------------------------------------------------------------------
 
+    def _announce(self) -> None:
+        """A run ended before it sent anything (a stalled start, say) still begins as every
+        background stream does, so a follower always sees it created and queued."""
+        if not self.events:
+            queued = copy.deepcopy(self._response)
+            self.record({"type": "response.created", "response": queued})
+            self.record({"type": "response.queued", "response": queued})
+
     def fail(self, code: Optional[str], message: str) -> None:
         """End the run with ``response.failed`` (``error`` = ``{code, message}``)."""
         if self._final is not None:
             return
+        self._announce()
         failed = finish(
             self._response,
             status="failed",
@@ -151,6 +160,7 @@ class BackgroundRun:
             self.task.cancel()
         if self._final is not None:
             return
+        self._announce()
         output = []
         for index in sorted(self._items):
             item = copy.deepcopy(self._items[index])

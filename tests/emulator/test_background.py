@@ -343,6 +343,18 @@ def test_cancel_while_queued(emu):
     assert _types(events) == ["response.created", "response.queued", "response.incomplete"]
 
 
+def test_a_run_cancelled_before_its_first_event_still_streams_created_and_queued(emu):
+    emu.inject(Fault(stall_before_first_event=30.0))
+    response = create(emu)
+    follower = follow(emu, response["id"], starting_after=1)  # headers now, events later
+    assert cancel(emu, response["id"]).json()["status"] == "cancelled"
+    assert _types(follower.rest()) == ["response.incomplete"]
+    wait_run_stopped(emu, response["id"])
+    events = follow(emu, response["id"]).rest()
+    assert _types(events) == ["response.created", "response.queued", "response.incomplete"]
+    assert _sequence(events) == [0, 1, 2]
+
+
 @pytest.mark.parametrize(
     ("fields", "status"),
     [
