@@ -15,10 +15,11 @@ from typing import Any, Optional, Union
 
 from oaiws.errors import ConfigurationError
 
+from ._background import BackgroundRuns
 from ._base import EmulatorBase
-from ._engine import ServerContext
+from ._engine import ServerContext, Switches
 from ._faults import Fault, FaultQueue
-from ._options import DEFAULT_API_KEY, EmulatorOptions
+from ._options import DEFAULT_API_KEY, EmulatorOptions, check_websocket_status
 from ._state import ResponseStore
 from ._stats import Stats
 
@@ -58,6 +59,7 @@ class Emulator(EmulatorBase):
         certfile: Optional[str] = None,
         keyfile: Optional[str] = None,
         session_tickets: int = 2,
+        websocket_status: Optional[int] = None,
     ) -> None:
         self._options = EmulatorOptions(
             api_key=api_key,
@@ -77,10 +79,13 @@ class Emulator(EmulatorBase):
             certfile=certfile,
             keyfile=keyfile,
             session_tickets=session_tickets,
+            websocket_status=websocket_status,
         )
         self._stats = Stats()
         self._faults = FaultQueue()
         self._store = ResponseStore()
+        self._switches = Switches(websocket_status=self._options.websocket_status)
+        self._background = BackgroundRuns()
         self._lock = threading.Lock()
         self._thread: Optional[threading.Thread] = None
         self._loop: Optional[asyncio.AbstractEventLoop] = None
@@ -225,7 +230,14 @@ class Emulator(EmulatorBase):
     async def _setup(self, sock: socket.socket, ssl_context: Optional[ssl.SSLContext]) -> None:
         web = _optional("aiohttp.web", "aiohttp")
         server = _optional("oaiws.testing._server", "aiohttp")
-        ctx = ServerContext(self._options, self._stats, self._faults, self._store)
+        ctx = ServerContext(
+            self._options,
+            self._stats,
+            self._faults,
+            self._store,
+            self._background,
+            switches=self._switches,
+        )
         self._app = server.build_app(ctx)
         self._runner = web.AppRunner(
             self._app, access_log=None, handle_signals=False, shutdown_timeout=2.0
@@ -235,6 +247,9 @@ class Emulator(EmulatorBase):
         await site.start()
 
     async def _shutdown(self) -> None:
+        # Background responses still running end now (as failed), which also ends the
+        # streams that follow them.
+        await self._background.shutdown()
         if self._app is not None:
             server = _optional("oaiws.testing._server", "aiohttp")
             # Going away politely, but a client that is not reading must not hold stop() up.
@@ -260,6 +275,18 @@ class Emulator(EmulatorBase):
 
     def clear_faults(self) -> None:
         self._faults.clear()
+
+    @property
+    def websocket_status(self) -> Optional[int]:
+        """None while WebSocket mode is on, else the status every upgrade is answered with."""
+        return self._switches.websocket_status
+
+    def set_websocket_status(self, status: Optional[int]) -> None:
+        """Refuse every WebSocket upgrade from now on with ``status`` (a 4xx/5xx, e.g. 404, as a
+        server without WebSocket mode answers), or serve upgrades again with ``None``. HTTP keeps
+        working either way; open connections stay open. Kept across a stop()/start()."""
+        check_websocket_status(status)
+        self._switches.websocket_status = status
 
     def close_all_connections(self, code: Optional[int] = 1001) -> None:
         """Close every open socket now; ``code=None`` drops TCP with no close frame."""

@@ -9,8 +9,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
-from typing import Any, Optional, Protocol
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Optional, Protocol
 
 from ._faults import Fault, FaultQueue, error_code_for_status
 from ._hostile import HostilePreset, JsonEvent, PresetFrame, TextFrame, WireFrame, hostile_preset
@@ -27,6 +27,9 @@ from ._responses import (
 )
 from ._state import Chain, ConnectionCache, ResponseStore
 from ._stats import Stats
+
+if TYPE_CHECKING:
+    from ._background import BackgroundRuns
 
 logger = logging.getLogger("oaiws.testing")
 
@@ -58,6 +61,15 @@ class Sink(Protocol):
 
 
 @dataclass
+class Switches:
+    """What may change while the emulator runs: read at each request, set from any thread
+    (one attribute assignment each, so a reader never sees half a change)."""
+
+    # None: WebSocket mode on; else every upgrade is answered with this HTTP status.
+    websocket_status: Optional[int] = None
+
+
+@dataclass
 class ServerContext:
     """What every connection and request shares."""
 
@@ -65,6 +77,8 @@ class ServerContext:
     stats: Stats
     faults: FaultQueue
     store: ResponseStore
+    background: BackgroundRuns
+    switches: Switches = field(default_factory=Switches)
 
 
 def fault_error(fault: Fault) -> RequestError:
@@ -157,13 +171,26 @@ async def serve(
     *,
     cache: Optional[ConnectionCache],
     fault: Optional[Fault],
+    response_id: Optional[str] = None,
+    created_at: Optional[int] = None,
 ) -> None:
-    """Serve ``request`` to its end (a terminal event or an error) on ``sink``."""
+    """Serve ``request`` to its end (a terminal event or an error) on ``sink``.
+
+    A background request (whose id and creation time were given out already) starts with
+    ``response.created`` and ``response.queued`` at once; the delays and the context's cost
+    are its time in the queue, then it goes ``response.in_progress``.
+    """
     fault = request.controls.fault or fault
     if fault is not None:
         ctx.stats.add("faults_applied")
     emitter = _Emitter(sink, fault, request.stream_id)
     await emitter.start()
+    response_id = response_id or new_id("resp")
+    created_at = int(time.time()) if created_at is None else created_at
+    if request.background:
+        queued = response_object(request, response_id, created_at, status="queued")
+        await emitter.event({"type": "response.created", "response": queued})
+        await emitter.event({"type": "response.queued", "response": queued})
     previous = request.previous_response_id
     try:
         if fault is not None and (fault.error_code is not None or fault.refuse_status is not None):
@@ -184,8 +211,7 @@ async def serve(
 
     context = (*prior, *request.new_context)
     input_bytes = context_size(context) + len((request.instructions or "").encode())
-    response_id = new_id("resp")
-    response = response_object(request, response_id, int(time.time()))
+    response = response_object(request, response_id, created_at)
     controls = request.controls
     if controls.first_event_delay:
         await asyncio.sleep(controls.first_event_delay)
@@ -208,14 +234,16 @@ async def serve(
         done = finish(
             response, status="completed", output=[], usage=usage(input_bytes, cached_bytes, 0)
         )
-        await emitter.event({"type": "response.created", "response": response})
+        if not request.background:
+            await emitter.event({"type": "response.created", "response": response})
         await emitter.event({"type": "response.completed", "response": done})
         _remember(ctx, request, cache, done, context)
         ctx.stats.add("warmups")
         ctx.stats.add("responses_completed")
         return
 
-    await emitter.event({"type": "response.created", "response": response})
+    if not request.background:
+        await emitter.event({"type": "response.created", "response": response})
     await emitter.event({"type": "response.in_progress", "response": response})
     if controls.outcome == "failed":
         reported = {
@@ -336,15 +364,19 @@ async def _resolve_previous(
     stored = ctx.store.chain(previous)
     if stored is None:
         ctx.stats.add("previous_response_not_found")
-        raise RequestError(
-            f"Previous response with id '{previous}' not found.",
-            code="previous_response_not_found",
-            param="previous_response_id",
-        )
+        raise previous_not_found(previous)
     if ctx.options.hydration_delay:
         await asyncio.sleep(ctx.options.hydration_delay)
     ctx.stats.add("hydrations")
     return stored.context, 0, stored.size + new_bytes
+
+
+def previous_not_found(previous: str) -> RequestError:
+    return RequestError(
+        f"Previous response with id '{previous}' not found.",
+        code="previous_response_not_found",
+        param="previous_response_id",
+    )
 
 
 def _remember(

@@ -39,6 +39,7 @@ class EmulatorOptions:
     certfile: Optional[str] = None
     keyfile: Optional[str] = None
     session_tickets: int = 2
+    websocket_status: Optional[int] = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.api_key, str) or not self.api_key:
@@ -77,6 +78,7 @@ class EmulatorOptions:
             )
         if tickets != 2 and not self.tls:
             raise ConfigurationError("session_tickets needs tls=True")
+        check_websocket_status(self.websocket_status)
 
     def __repr__(self) -> str:
         # The key is a secret even in a test double: users paste reprs into bug reports.
@@ -116,6 +118,16 @@ def check_loopback(host: str) -> None:
         raise ConfigurationError(
             f"the emulator binds loopback addresses only (127.0.0.1, ::1, localhost), not {host!r}:"
             " it accepts a test key and must not be reachable from the network"
+        )
+
+
+def check_websocket_status(status: Any) -> None:
+    """None (WebSocket mode on) or the 4xx/5xx status every upgrade is answered with."""
+    if status is None:
+        return
+    if not isinstance(status, int) or isinstance(status, bool) or not 400 <= status <= 599:
+        raise ConfigurationError(
+            f"websocket_status must be None or an HTTP error status (400-599), not {status!r}"
         )
 
 
@@ -201,6 +213,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=d.handshake_delay,
         help="seconds added to every WebSocket upgrade",
     )
+    add(
+        "--websocket-status",
+        type=int,
+        default=None,
+        metavar="STATUS",
+        help="answer every WebSocket upgrade with this HTTP error status (e.g. 404) instead of"
+        " 101, as a server without WebSocket mode does; HTTP keeps working",
+    )
 
 
 def options_from_namespace(args: argparse.Namespace, api_key: str) -> EmulatorOptions:
@@ -222,4 +242,5 @@ def options_from_namespace(args: argparse.Namespace, api_key: str) -> EmulatorOp
         certfile=args.certfile,
         keyfile=args.keyfile,
         session_tickets=args.session_tickets,
+        websocket_status=args.websocket_status,
     )

@@ -8,6 +8,7 @@ parent that crashed or was killed.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -25,7 +26,7 @@ from oaiws.errors import ConfigurationError
 
 from ._base import EmulatorBase
 from ._faults import Fault
-from ._options import API_KEY_ENV, DEFAULT_API_KEY, EmulatorOptions
+from ._options import API_KEY_ENV, DEFAULT_API_KEY, EmulatorOptions, check_websocket_status
 
 logger = logging.getLogger("oaiws.testing")
 
@@ -57,6 +58,7 @@ class EmulatorProcess(EmulatorBase):
         certfile: Optional[str] = None,
         keyfile: Optional[str] = None,
         session_tickets: int = 2,
+        websocket_status: Optional[int] = None,
     ) -> None:
         self._options = EmulatorOptions(
             api_key=api_key,
@@ -76,8 +78,11 @@ class EmulatorProcess(EmulatorBase):
             certfile=certfile,
             keyfile=keyfile,
             session_tickets=session_tickets,
+            websocket_status=websocket_status,
         )
         self._process: Optional[subprocess.Popen[str]] = None
+        # The switch's value, passed to each child that start() runs.
+        self._websocket_status = websocket_status
         self._port = port
         self._ca_path: Optional[str] = None
         self._lock = threading.Lock()
@@ -105,7 +110,9 @@ class EmulatorProcess(EmulatorBase):
                 "-m",
                 "oaiws.testing",
                 "--exit-on-stdin-eof",
-                *self._options.to_cli_args(),
+                *dataclasses.replace(
+                    self._options, websocket_status=self._websocket_status
+                ).to_cli_args(),
             ]
             env = dict(os.environ)
             env[API_KEY_ENV] = self._options.api_key  # not on the command line, where ps shows it
@@ -160,6 +167,19 @@ class EmulatorProcess(EmulatorBase):
 
     def close_all_connections(self, code: Optional[int] = 1001) -> None:
         self._admin("POST", "close_all", {"code": code})
+
+    @property
+    def websocket_status(self) -> Optional[int]:
+        """None while WebSocket mode is on, else the status every upgrade is answered with."""
+        return self._websocket_status
+
+    def set_websocket_status(self, status: Optional[int]) -> None:
+        """As :meth:`Emulator.set_websocket_status`, through the admin API while the child runs
+        (and kept for the next start())."""
+        check_websocket_status(status)
+        if self.running:
+            self._admin("POST", "websocket", {"status": status})
+        self._websocket_status = status
 
     def _admin(self, method: str, path: str, body: Optional[dict[str, Any]] = None) -> Any:
         if not self.running:

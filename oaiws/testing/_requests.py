@@ -117,6 +117,7 @@ class CreateRequest:
     stream_id: Optional[str]
     stream: bool
     controls: Controls
+    background: bool = False
 
 
 def parse_create(
@@ -151,8 +152,6 @@ def parse_create(
     else:
         # HTTP bodies may carry nulls: the real service reads them as "not given".
         fields = {k: v for k, v in fields.items() if v is not None}
-        if fields.get("background") is True:
-            raise invalid("Background mode is not supported by the emulator.", param="background")
 
     model = fields.get("model", default_model)
     if model is None:
@@ -194,11 +193,25 @@ def parse_create(
     store = fields.get("store", True)
     generate = fields.get("generate", True)
     stream = fields.get("stream", False)
-    for name, value in (("store", store), ("generate", generate), ("stream", stream)):
+    background = fields.get("background", False)
+    for name, value in (
+        ("store", store),
+        ("generate", generate),
+        ("stream", stream),
+        ("background", background),
+    ):
         if not isinstance(value, bool):
             raise invalid(
                 f"Invalid type for '{name}': expected a boolean.", param=name, code="invalid_type"
             )
+    if background and not store:
+        # The real service keeps a background response so that it can be polled: stateless
+        # background requests are refused.
+        raise invalid(
+            "Background mode requires store=true: a background response is stored so that it can"
+            " be retrieved. Remove 'store': false or 'background': true.",
+            param="background",
+        )
     max_output_tokens = fields.get("max_output_tokens")
     if max_output_tokens is not None and (
         not isinstance(max_output_tokens, int)
@@ -244,6 +257,7 @@ def parse_create(
         stream_id=stream_id,
         stream=stream,
         controls=controls,
+        background=background,
     )
 
 

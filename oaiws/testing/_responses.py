@@ -9,15 +9,18 @@ from ._model import count_tokens
 from ._requests import CreateRequest
 
 
-def response_object(request: CreateRequest, response_id: str, created_at: int) -> dict[str, Any]:
-    """The ``response`` of ``response.created``: in progress, no output yet."""
+def response_object(
+    request: CreateRequest, response_id: str, created_at: int, *, status: str = "in_progress"
+) -> dict[str, Any]:
+    """The ``response`` of ``response.created``: in progress (a background one queued first), no
+    output yet."""
     body = request.body
     return {
         "id": response_id,
         "object": "response",
         "created_at": created_at,
-        "status": "in_progress",
-        "background": False,
+        "status": status,
+        "background": request.background,
         "completed_at": None,
         "error": None,
         "incomplete_details": None,

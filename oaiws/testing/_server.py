@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import dataclasses
 import functools
 import hmac
 import json
@@ -15,10 +16,12 @@ from aiohttp import web
 
 from oaiws.errors import ConfigurationError
 
-from ._engine import ConnectionAborted, ServerContext, fault_error, serve
+from ._background import ACTIVE_STATUSES, BackgroundRun
+from ._engine import ConnectionAborted, ServerContext, fault_error, previous_not_found, serve
 from ._faults import Fault
 from ._hostile import TextFrame, WireFrame
-from ._requests import RequestError, new_id, parse_create
+from ._options import check_websocket_status
+from ._requests import CreateRequest, RequestError, new_id, parse_create
 from ._websocket import CLOSE_HANDSHAKE_TIMEOUT, MAX_MESSAGE_BYTES, WebSocketSession
 
 logger = logging.getLogger("oaiws.testing")
@@ -38,11 +41,14 @@ def build_app(ctx: ServerContext) -> web.Application:
     app.router.add_get("/v1/responses/{response_id}", _retrieve)
     app.router.add_delete("/v1/responses/{response_id}", _delete)
     app.router.add_get("/v1/responses/{response_id}/input_items", _input_items)
+    app.router.add_post("/v1/responses/{response_id}/cancel", _cancel)
     app.router.add_get("/_emulator/stats", _admin_stats)
     app.router.add_post("/_emulator/stats/reset", _admin_reset)
     app.router.add_post("/_emulator/faults", _admin_inject)
     app.router.add_delete("/_emulator/faults", _admin_clear)
     app.router.add_post("/_emulator/close_all", _admin_close_all)
+    app.router.add_get("/_emulator/websocket", _admin_websocket)
+    app.router.add_post("/_emulator/websocket", _admin_websocket)
     return app
 
 
@@ -162,6 +168,12 @@ async def _responses_get(request: web.Request) -> web.StreamResponse:
             )
         )
     refusal = _authorized(request)
+    status = ctx.switches.websocket_status
+    if refusal is None and status is not None:
+        # A server without WebSocket mode: no delay and no fault, those belong to upgrades.
+        ctx.stats.add("refused_upgrades")
+        ctx.stats.add("websocket_refused")
+        return _error_response(websocket_refusal(status))
     fault = ctx.faults.take("connection") if refusal is None else None
     delay = ctx.options.handshake_delay + (fault.handshake_delay if fault else 0.0)
     if delay:
@@ -216,6 +228,17 @@ async def _responses_get(request: web.Request) -> web.StreamResponse:
     return ws
 
 
+def websocket_refusal(status: int) -> RequestError:
+    """What a server without WebSocket mode answers an upgrade with: the real API's answer to
+    a route it does not serve for 404, the same shape for any other status."""
+    if status == 404:
+        message = "Invalid URL (GET /v1/responses)"
+    else:
+        message = "WebSocket mode is not available on this server: use HTTP."
+    kind = "server_error" if status >= 500 else "invalid_request_error"
+    return RequestError(message, status=status, type=kind, code=None, param=None)
+
+
 # -- HTTP create (JSON or SSE) -------------------------------------------------------------
 
 
@@ -240,6 +263,8 @@ async def _responses_post(request: web.Request) -> web.StreamResponse:
         ctx.stats.add("errors_sent")
         return _error_response(error)
     fault = None if create.controls.fault else ctx.faults.take("request")
+    if create.background:
+        return await _background_create(request, ctx, create, create.controls.fault or fault)
     sink: _HttpSink = _SseSink(request) if create.stream else _JsonSink(request)
     try:
         await serve(ctx, create, sink, cache=None, fault=fault)
@@ -331,7 +356,8 @@ class _SseSink(_HttpSink):
         super().__init__(request)
         self.response: Optional[web.StreamResponse] = None
 
-    async def _write(self, data: bytes) -> None:
+    async def open(self) -> web.StreamResponse:
+        """Send the status and headers (once): the events follow."""
         try:
             if self.response is None:
                 self.response = web.StreamResponse(
@@ -342,7 +368,14 @@ class _SseSink(_HttpSink):
                     }
                 )
                 await self.response.prepare(self.request)
-            await self.response.write(data)
+        except (ConnectionError, RuntimeError) as exc:
+            raise ConnectionAborted from exc
+        return self.response
+
+    async def _write(self, data: bytes) -> None:
+        response = await self.open()
+        try:
+            await response.write(data)
         except (ConnectionError, RuntimeError) as exc:
             raise ConnectionAborted from exc
 
@@ -360,7 +393,10 @@ class _SseSink(_HttpSink):
             raise
 
     async def send_event(self, event: dict[str, Any]) -> None:
-        await self._counted(f"event: {event['type']}\ndata: {json.dumps(event)}\n\n".encode())
+        await self.send_serialized(event["type"], json.dumps(event))
+
+    async def send_serialized(self, kind: str, data: str) -> None:
+        await self._counted(f"event: {kind}\ndata: {data}\n\n".encode())
 
     async def send_error(self, error: RequestError, sequence_number: int) -> None:
         if self.response is None:
@@ -396,6 +432,102 @@ class _SseSink(_HttpSink):
             return web.Response(text="", content_type="text/event-stream")
         await self.response.write_eof()
         return self.response
+
+
+# -- background responses ------------------------------------------------------------------
+
+
+async def _background_create(
+    request: web.Request, ctx: ServerContext, create: CreateRequest, fault: Optional[Fault]
+) -> web.StreamResponse:
+    """Queue a background response: answer it at once (JSON) or follow its run (SSE)."""
+    error: Optional[RequestError] = None
+    previous = create.previous_response_id
+    if fault is not None and fault.hostile_frame is not None:
+        error = RequestError(
+            f"The hostile frame preset '{fault.hostile_frame}' is not served to background"
+            " responses: their events are kept and replayed, never improvised on a wire.",
+            code="invalid_value",
+            param=None,
+        )
+    elif previous is not None and ctx.store.chain(previous) is None:
+        # Checked before queueing, so a create that names no known response is refused at
+        # once, as a foreground create is, instead of queueing a run that can only fail.
+        ctx.stats.add("previous_response_not_found")
+        error = previous_not_found(previous)
+    if error is not None:
+        ctx.stats.add("errors_sent")
+        return _error_response(error)
+    run_fault, stream_fault = _split_fault(fault)
+    create = dataclasses.replace(create, controls=dataclasses.replace(create.controls, fault=None))
+    run = ctx.background.start(ctx, create, run_fault)
+    if create.stream:
+        return await _follow(request, run, -1, stream_fault)
+    if stream_fault is None:
+        return web.json_response(run.snapshot())
+    # The answer is the one thing on this wire for a stream-level fault to break.
+    if stream_fault.close_after_events is not None:
+        transport = request.transport
+        if transport is not None:
+            transport.abort()
+        return web.Response(status=499)
+    body = b'{"id": "resp_' if stream_fault.malformed_frame else b"\x00\x01\xff binary"
+    return web.Response(body=body, content_type="application/json")
+
+
+def _split_fault(fault: Optional[Fault]) -> tuple[Optional[Fault], Optional[Fault]]:
+    """(what acts on the run, what acts on the wire of the request that created it).
+
+    The run is not a connection: dropping or garbling one stream must not stop it, so the
+    frame-level fields go to the creating request's answer (a stream, or the JSON answer).
+    """
+    if fault is None:
+        return None, None
+    run = dataclasses.replace(
+        fault, close_after_events=None, malformed_frame=False, binary_frame=False
+    )
+    if fault.close_after_events is None and not fault.malformed_frame and not fault.binary_frame:
+        return run, None
+    stream = Fault(
+        close_after_events=fault.close_after_events,
+        close_code=fault.close_code,
+        malformed_frame=fault.malformed_frame,
+        binary_frame=fault.binary_frame,
+    )
+    return run, stream
+
+
+async def _follow(
+    request: web.Request, run: BackgroundRun, after: int, fault: Optional[Fault]
+) -> web.StreamResponse:
+    """Stream the run's events after sequence number ``after`` as SSE: the kept ones, then the
+    live ones until the terminal event. Leaving early never stops the run."""
+    sink = _SseSink(request)
+    try:
+        if fault is not None and fault.close_after_events == 0:
+            await sink.abort(fault.close_code)
+        await sink.open()
+        index, sent = max(after + 1, 0), 0
+        limit = fault.close_after_events if fault is not None else None
+        while True:
+            while index < len(run.events):
+                kind, data = run.events[index]
+                index += 1
+                if sent == 0 and fault is not None and fault.malformed_frame:
+                    await sink.send_malformed()
+                elif sent == 0 and fault is not None and fault.binary_frame:
+                    await sink.send_binary()
+                else:
+                    await sink.send_serialized(kind, data)
+                sent += 1
+                if limit is not None and fault is not None and sent >= limit:
+                    await sink.abort(fault.close_code)
+            if run.finished:
+                break
+            await run.wait(index)
+    except ConnectionAborted:
+        return sink.after_abort()
+    return await sink.finish()
 
 
 def _hostile_text(frame: WireFrame) -> TextFrame:
@@ -440,13 +572,92 @@ def _stored_response_endpoint(
 async def _retrieve(
     request: web.Request, ctx: ServerContext, response_id: str
 ) -> web.StreamResponse:
+    try:
+        stream = _query_flag(request, "stream")
+        after = _query_starting_after(request) if stream else -1
+    except RequestError as error:
+        return _error_response(error)
+    run = ctx.background.get(response_id)
+    if run is not None:
+        if stream:
+            return await _follow(request, run, after, None)
+        return web.json_response(run.snapshot())
     stored = ctx.store.response(response_id)
-    return _not_found(response_id) if stored is None else web.json_response(stored)
+    if stored is None:
+        return _not_found(response_id)
+    if not stream:
+        return web.json_response(stored)
+    if stored.get("background"):
+        message = f"The events of background response '{response_id}' are no longer kept."
+    else:
+        message = (
+            f"Response '{response_id}' was not created with background=true: only background"
+            " responses can be streamed after they were created."
+        )
+    return _error_response(RequestError(message, param="stream"))
+
+
+def _query_flag(request: web.Request, name: str) -> bool:
+    raw = request.query.get(name)
+    if raw is None or raw.lower() in ("false", "0"):
+        return False
+    if raw.lower() in ("true", "1"):
+        return True
+    raise RequestError(
+        f"Invalid value for '{name}': expected a boolean.", code="invalid_type", param=name
+    )
+
+
+def _query_starting_after(request: web.Request) -> int:
+    raw = request.query.get("starting_after")
+    if raw is None:
+        return -1
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise RequestError(
+            "Invalid 'starting_after': expected a non-negative integer (a sequence number).",
+            code="invalid_value",
+            param="starting_after",
+        )
+    return value
+
+
+@_stored_response_endpoint
+async def _cancel(request: web.Request, ctx: ServerContext, response_id: str) -> web.StreamResponse:
+    run = ctx.background.get(response_id)
+    if run is None:
+        stored = ctx.store.response(response_id)
+        if stored is None:
+            return _not_found(response_id)
+        if not stored.get("background"):
+            return _error_response(
+                RequestError("Only responses created with background=true can be cancelled.")
+            )
+        if stored["status"] == "cancelled":
+            return web.json_response(stored)
+        return _error_response(_not_cancellable(stored["status"]))
+    if run.status not in ("cancelled", *ACTIVE_STATUSES):
+        return _error_response(_not_cancellable(run.status))
+    run.cancel()  # a second cancel finds it cancelled and answers the same response
+    return web.json_response(run.snapshot())
+
+
+def _not_cancellable(status: str) -> RequestError:
+    return RequestError(
+        f"A response with status '{status}' cannot be cancelled: only a queued or in-progress"
+        " background response can be."
+    )
 
 
 @_stored_response_endpoint
 async def _delete(request: web.Request, ctx: ServerContext, response_id: str) -> web.StreamResponse:
-    if not ctx.store.delete(response_id):
+    run = ctx.background.pop(response_id)
+    if run is not None:
+        run.cancel()  # a run still going stops first; whoever follows it sees it end
+    if not ctx.store.delete(response_id) and run is None:
         return _not_found(response_id)
     return web.json_response({"id": response_id, "object": "response.deleted", "deleted": True})
 
@@ -455,7 +666,8 @@ async def _delete(request: web.Request, ctx: ServerContext, response_id: str) ->
 async def _input_items(
     request: web.Request, ctx: ServerContext, response_id: str
 ) -> web.StreamResponse:
-    items = ctx.store.input_items(response_id)
+    run = ctx.background.get(response_id)
+    items = list(run.input_items) if run is not None else ctx.store.input_items(response_id)
     if items is None:
         return _not_found(response_id)
     order = request.query.get("order", "desc")
@@ -549,3 +761,23 @@ async def _admin_close_all(request: web.Request) -> web.StreamResponse:
     if code is not None and not (isinstance(code, int) and 1000 <= code <= 4999):
         return _error_response(RequestError("Invalid 'code': 1000-4999 or null.", param="code"))
     return web.json_response({"closed": close_all(request.app, code)})
+
+
+async def _admin_websocket(request: web.Request) -> web.StreamResponse:
+    """GET: the WebSocket switch. POST ``{"status": 404}``: refuse upgrades; ``null``: serve."""
+    refusal = _authorized(request)
+    if refusal is not None:
+        return refusal
+    switches = _ctx(request).switches
+    if request.method == "POST":
+        try:
+            body = await _read_json(request)
+            if not isinstance(body, dict) or "status" not in body:
+                raise ConfigurationError('the body must be {"status": STATUS or null}')
+            check_websocket_status(body["status"])
+        except RequestError as error:
+            return _error_response(error)
+        except ConfigurationError as exc:
+            return _error_response(RequestError(str(exc), param="status"))
+        switches.websocket_status = body["status"]
+    return web.json_response({"status": switches.websocket_status})

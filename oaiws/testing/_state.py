@@ -32,7 +32,7 @@ class Chain:
 @dataclass
 class _Stored:
     response: dict[str, Any]
-    chain: Chain
+    chain: Optional[Chain]  # None: retrievable, but nothing continues from it
     input_items: list[dict[str, Any]]
 
 
@@ -45,10 +45,13 @@ class ResponseStore:
         self._entries: OrderedDict[str, _Stored] = OrderedDict()
 
     def put(
-        self, response: dict[str, Any], chain: Chain, input_items: Sequence[dict[str, Any]]
+        self,
+        response: dict[str, Any],
+        chain: Optional[Chain],
+        input_items: Sequence[dict[str, Any]],
     ) -> None:
         with self._lock:
-            self._entries[chain.response_id] = _Stored(
+            self._entries[response["id"]] = _Stored(
                 copy.deepcopy(response), chain, list(input_items)
             )
             while len(self._entries) > self._capacity:

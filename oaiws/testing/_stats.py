@@ -12,6 +12,7 @@ Number = Union[int, float]
 STAT_KEYS = (
     "handshakes",
     "refused_upgrades",
+    "websocket_refused",
     "connections_open",
     "connections_total",
     "requests",
@@ -19,6 +20,8 @@ STAT_KEYS = (
     "responses_failed",
     "responses_incomplete",
     "warmups",
+    "background_started",
+    "background_cancelled",
     "cache_hits",
     "cache_misses",
     "hydrations",

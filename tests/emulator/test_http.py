@@ -111,10 +111,10 @@ def test_http_failed_incomplete_and_bad_bodies(emu):
     assert short["status"] == "incomplete"
     bad = requests.post(url, data=b"{nope", headers=AUTH, timeout=5)
     assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_json"
-    background = requests.post(
-        url, json={"model": "m", "background": True}, headers=AUTH, timeout=5
+    stateless_background = requests.post(
+        url, json={"model": "m", "background": True, "store": False}, headers=AUTH, timeout=5
     )
-    assert background.status_code == 400
+    assert stateless_background.status_code == 400
     plain_get = requests.get(url, headers=AUTH, timeout=5)
     assert plain_get.status_code == 405
 
