@@ -19,7 +19,15 @@ import pytest
 from benchmarks.scenarios.common import in_blocks, run_child
 
 ROOT = Path(__file__).resolve().parent.parent
-CONTENDERS = ("raw_kept", "raw_fresh", "sdk_ws_fresh", "sdk_ws_kept", "sdk_http", "oaiws")
+CONTENDERS = (
+    "raw_kept",
+    "raw_fresh",
+    "sdk_ws_fresh",
+    "sdk_ws_kept",
+    "sdk_http",
+    "oaiws",
+    "oaiws_http",
+)
 
 pytestmark = pytest.mark.timeout(300)
 

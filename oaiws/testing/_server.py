@@ -9,6 +9,7 @@ import functools
 import hmac
 import json
 import logging
+import weakref
 from collections.abc import Awaitable
 from typing import Any, Callable, Optional
 
@@ -28,14 +29,18 @@ logger = logging.getLogger("oaiws.testing")
 
 CONTEXT_KEY: web.AppKey[ServerContext] = web.AppKey("oaiws_context", ServerContext)
 SESSIONS_KEY = web.AppKey("oaiws_sessions", set[WebSocketSession])
+# The TCP connections (their transports) that have carried plain HTTP requests.
+HTTP_TRANSPORTS_KEY = web.AppKey("oaiws_http_transports", weakref.WeakSet)
 
 
 def build_app(ctx: ServerContext) -> web.Application:
     app = web.Application(
-        client_max_size=MAX_MESSAGE_BYTES, middlewares=[_request_id, _never_crash]
+        client_max_size=MAX_MESSAGE_BYTES,
+        middlewares=[_count_http_connections, _request_id, _never_crash],
     )
     app[CONTEXT_KEY] = ctx
     app[SESSIONS_KEY] = set()
+    app[HTTP_TRANSPORTS_KEY] = weakref.WeakSet()
     app.router.add_get("/v1/responses", _responses_get)
     app.router.add_post("/v1/responses", _responses_post)
     app.router.add_get("/v1/responses/{response_id}", _retrieve)
@@ -77,6 +82,20 @@ def abort_all(app: web.Application) -> None:
 # Each request's handler runs in its own task, so a context variable carries the id from the
 # middleware to the handler without the typed-key API that only newer aiohttp releases have.
 _REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("oaiws_request_id", default="")
+
+
+@web.middleware
+async def _count_http_connections(request: web.Request, handler: Any) -> web.StreamResponse:
+    # http_connections: how many TCP connections carried plain HTTP requests, so a test can
+    # tell a reused keep-alive connection from a new one.
+    transport = request.transport
+    if transport is not None and request.headers.get("Upgrade", "").lower() != "websocket":
+        seen: weakref.WeakSet[Any] = request.app[HTTP_TRANSPORTS_KEY]
+        if transport not in seen:
+            seen.add(transport)
+            _ctx(request).stats.add("http_connections")
+    response: web.StreamResponse = await handler(request)
+    return response
 
 
 @web.middleware

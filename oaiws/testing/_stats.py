@@ -32,6 +32,7 @@ STAT_KEYS = (
     "pongs_received",
     "pings_sent",
     "http_requests",
+    "http_connections",
     "errors_sent",
     "faults_applied",
     "hostile_frames_sent",
