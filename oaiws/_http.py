@@ -16,11 +16,13 @@ whatever carried them.
 
 from __future__ import annotations
 
+import http.client
 import logging
 import os
+import threading
 import time
 import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Optional
 from urllib.parse import quote, urlsplit, urlunsplit
 
@@ -39,11 +41,12 @@ from .errors import (
     APIStatusError,
     APITimeoutError,
     ConfigurationError,
+    PoolTimeoutError,
     ProtocolError,
     error_from_status,
 )
 
-__all__ = ["HttpChannel", "HttpTransport"]
+__all__ = ["HttpChannel", "HttpTransport", "KeepAliveDropped"]
 
 logger = logging.getLogger("oaiws.http")
 
@@ -61,6 +64,12 @@ _TIMEOUTS = (
 )
 
 
+class KeepAliveDropped(APIConnectionError):
+    """The server closed (or reset) the connection before answering: most likely a kept-alive
+    connection it had dropped while idle, which a new connection cures (documented as
+    ``APIConnectionError``; the retry policy retries it without a pause)."""
+
+
 class HttpTransport:
     """The client's HTTP side: one session, the URL of each endpoint, errors mapped."""
 
@@ -69,6 +78,10 @@ class HttpTransport:
         self._stats = stats
         self._pid = os.getpid()
         self._session = self._new_session()
+        # At most max_connections HTTP requests at once, like the WebSocket pool: the others
+        # wait up to pool_timeout. (Beyond its size, the session's pool would open connections
+        # it then throws away, warning about each.)
+        self._slots = threading.BoundedSemaphore(config.max_connections)
         self._closed = False
         parts = urlsplit(config.base_url)
         self._base = (parts.scheme, parts.netloc, parts.path.rstrip("/"), parts.query)
@@ -173,18 +186,22 @@ class HttpTransport:
         """A REST call's JSON answer (an empty body gives ``None``); one try, mapped errors."""
         body = None if payload is None else _json.dumpb(payload)
         shown = f"{method} {display_url(self.url(path))}"
-        response = self.send(
-            method,
-            path,
-            params=params,
-            body=body,
-            stream=False,
-            read_timeout=read_timeout or self._config.read_timeout,
-        )
+        give_back = self.take_slot(self._config.pool_timeout)
         try:
-            data = self._bounded_body(response, shown)
+            response = self.send(
+                method,
+                path,
+                params=params,
+                body=body,
+                stream=False,
+                read_timeout=read_timeout or self._config.read_timeout,
+            )
+            try:
+                data = self._bounded_body(response, shown)
+            finally:
+                response.close()
         finally:
-            response.close()
+            give_back()
         if isinstance(data, str):
             raise ProtocolError(f"the answer to {shown} is not JSON")
         return data
@@ -210,14 +227,38 @@ class HttpTransport:
 
     # -- channels --------------------------------------------------------------------------
 
+    def take_slot(self, timeout: float) -> Callable[[], None]:
+        """Wait up to ``timeout`` for one of the ``max_connections`` places of an HTTP request;
+        returns the function that gives it back (safe to call more than once)."""
+        slots = self._slots
+        if not slots.acquire(timeout=max(0.0, timeout)):
+            self._stats.add("requests_timeouts")
+            raise PoolTimeoutError(
+                f"no HTTP connection became free within {timeout:g}s "
+                f"(max_connections={self._config.max_connections}): raise max_connections or "
+                "pool_timeout, or share the client among fewer threads"
+            )
+        given_back = False
+
+        def give_back() -> None:
+            nonlocal given_back
+            if not given_back:
+                given_back = True
+                if slots is self._slots:  # a forked child has a semaphore of its own
+                    slots.release()
+
+        return give_back
+
     def channel(
         self,
+        timeout: float,
         method: str = "POST",
         path: str = "/responses",
         params: Optional[dict[str, Any]] = None,
     ) -> HttpChannel:
-        """A streaming request waiting for its payload (``send_json``)."""
-        return HttpChannel(self, method, path, params)
+        """A streaming request waiting for its payload (``send_json``), holding one of the
+        ``max_connections`` places until it ends (``PoolTimeoutError`` after ``timeout``)."""
+        return HttpChannel(self, method, path, params, self.take_slot(timeout))
 
     # -- fork, close -----------------------------------------------------------------------
 
@@ -226,6 +267,7 @@ class HttpTransport:
         # and leaves the old one to the garbage collector (closing it sends nothing either).
         self._pid = os.getpid()
         self._session = self._new_session()
+        self._slots = threading.BoundedSemaphore(self._config.max_connections)
 
     def close(self) -> None:
         self._closed = True
@@ -249,8 +291,10 @@ class HttpChannel:
         method: str,
         path: str,
         params: Optional[dict[str, Any]],
+        give_back: Callable[[], None],
     ) -> None:
         self._http = http
+        self._give_back = give_back  # its place among max_connections, until it ends
         self._method = method
         self._path = path
         self._params = params
@@ -387,6 +431,7 @@ class HttpChannel:
         """After the terminal event: read the body's end and give the connection back."""
         response, self._response = self._response, None
         self.closed = True
+        self._give_back()
         if response is None:
             return
         try:
@@ -409,6 +454,7 @@ class HttpChannel:
 
     def _drop(self) -> None:
         self.closed = True
+        self._give_back()
         response, self._response = self._response, None
         if response is not None:
             response.close()
@@ -445,7 +491,20 @@ def _mapped(error: Exception, shown: str, config: ClientConfig) -> APIError | Co
         return APIConnectionError(f"the proxy refused {shown}")
     if isinstance(error, (requests.exceptions.InvalidURL, requests.exceptions.InvalidSchema)):
         return ConfigurationError(f"invalid URL for {shown}")
+    if _dropped(error):
+        return KeepAliveDropped(f"{shown} failed: the server closed the connection unanswered")
     return APIConnectionError(f"{shown} failed: {_root_cause(error)}")
+
+
+def _dropped(error: BaseException) -> bool:
+    """Whether the connection was closed or reset before any answer (a dropped keep-alive)."""
+    seen: Optional[BaseException] = error
+    while seen is not None:
+        if isinstance(seen, (http.client.RemoteDisconnected, ConnectionResetError)):
+            return True
+        reason = getattr(seen, "reason", None)  # urllib3 wraps the cause in MaxRetryError
+        seen = reason if isinstance(reason, BaseException) else (seen.__cause__ or seen.__context__)
+    return False
 
 
 def _root_cause(error: BaseException) -> str:

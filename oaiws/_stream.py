@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Optional, Protocol, TypeVar
 
 from . import _retry
 from ._events import TERMINAL_EVENT_TYPES, Event, Response, ResponseAccumulator
+from ._http import KeepAliveDropped
 from ._retry import AttemptFailed
 from .errors import (
     APIConnectionError,
@@ -233,10 +234,11 @@ class _Request:
             self.drop_connection("no first event before the deadline")
             raise AttemptFailed(self._context(self._timed_out(error)), sent=True) from None
         except APIConnectionError as error:
-            # Closed before answering: on a pooled connection, most likely one the server had
-            # closed while it was idle, which a new connection cures at once.
+            # Closed before answering: on a pooled connection (or a kept-alive HTTP one), most
+            # likely one the server had closed while it was idle, which a new one cures at once.
             self.drop_connection("closed before the first event", lost=True)
-            raise AttemptFailed(self._context(error), sent=True, stale=reused) from None
+            stale = reused or isinstance(error, KeepAliveDropped)
+            raise AttemptFailed(self._context(error), sent=True, stale=stale) from None
         except APIError as error:  # a protocol violation, or an error event (check() raised)
             self.drop_connection("the server broke the protocol")  # unless check() gave it back
             raise AttemptFailed(self._context(error), sent=True) from None

@@ -94,7 +94,7 @@ class Router:
 
     def acquire(self, timeout: float, affinity: Optional[str]) -> AnyChannel:
         if self.over_http:
-            return self.http.channel()
+            return self.http.channel(timeout)
         try:
             return self.pool.acquire(timeout, affinity)
         except APIStatusError as error:
@@ -105,7 +105,7 @@ class Router:
             if self._mode != "auto":
                 raise
             self._fall_back("a proxy refused the upgrade")
-        return self.http.channel()
+        return self.http.channel(timeout)
 
     def _fall_back(self, why: str) -> None:
         with self._lock:
@@ -151,7 +151,7 @@ class HttpSource:
         self._params = params
 
     def acquire(self, timeout: float, affinity: Optional[str]) -> AnyChannel:
-        return self._http.channel(self._method, self._path, self._params)
+        return self._http.channel(timeout, self._method, self._path, self._params)
 
     def release(self, channel: AnyChannel, *, hold: bool) -> None:
         assert isinstance(channel, HttpChannel)

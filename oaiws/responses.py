@@ -18,6 +18,7 @@ from urllib.parse import quote
 
 from . import _retry
 from ._events import Fields, Response
+from ._http import KeepAliveDropped
 from ._retry import AttemptFailed
 from ._stream import ResponseStream, collect_response
 from ._transport import HttpSource
@@ -251,11 +252,12 @@ def _rest_call(
 
 def _sent(call: Callable[[], T]) -> T:
     # A REST call's failure always reached (or tried to reach) the server: the policy decides
-    # by the error (429 and 5xx retry; a 404 or a bad request never does).
+    # by the error (429 and 5xx retry; a 404 or a bad request never does). A kept-alive
+    # connection the server had dropped is cured by a new one: no pause.
     try:
         return call()
     except APIError as error:
-        raise AttemptFailed(error, sent=True) from None
+        raise AttemptFailed(error, sent=True, stale=isinstance(error, KeepAliveDropped)) from None
 
 
 def _response(data: Any, what: str) -> Response:

@@ -138,6 +138,7 @@ def test_429_with_retry_after_over_http_is_retried_after_the_pause(
     oaiws_emulator: Emulator, client_for: ClientFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(_retry, "INITIAL_BACKOFF", 30.0)  # only retry-after may set the pause
+    monkeypatch.setattr(_retry, "MAX_BACKOFF", 30.0)
     client = client_for(oaiws_emulator, transport="http")
     oaiws_emulator.inject(Fault(error_code="rate_limit_exceeded", retry_after=0.2))
     started = time.monotonic()
@@ -225,7 +226,7 @@ class _Recorder(socketserver.StreamRequestHandler):
         body = b"moved"
         self.wfile.write(
             f"HTTP/1.1 {server.status} Moved\r\nLocation: {server.location}\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n".encode()
+            f"Connection: close\r\nContent-Length: {len(body)}\r\n\r\n".encode()
             + body
         )
 
@@ -325,3 +326,18 @@ def test_a_server_without_websocket_mode_is_served_over_http_until_it_gains_one(
     assert client.create_response(model="m", input="now").status == "completed"
     assert emu.stats()["handshakes"] == 1
     assert client.pool_stats()["http_fallbacks"] == 1
+
+
+def test_http_requests_in_flight_are_bounded_by_max_connections(
+    oaiws_emulator: Emulator, client_for: ClientFactory
+) -> None:
+    client = client_for(oaiws_emulator, transport="http", max_connections=2, pool_timeout=0.3)
+    slow = {"emulator_deltas": "100", "emulator_delta_delay_ms": "10"}
+    first = client.generate_response(model="m", input="a", metadata=slow)
+    second = client.generate_response(model="m", input="b", metadata=slow)
+    next(first), next(second)  # two HTTP streams in flight: the bound
+    with pytest.raises(oaiws.PoolTimeoutError, match="max_connections=2"):
+        client.create_response(model="m", input="c")
+    first.close()  # its place is free again
+    assert client.create_response(model="m", input="c").output_text == expected_text("c")
+    second.close()

@@ -190,3 +190,21 @@ def test_no_proxy_bypasses_the_proxy_option_too(
     client = client_for(oaiws_emulator, proxy=proxy.url, max_retries=0)
     assert _ask(client).status == "completed"
     assert proxy.targets() == [], "a CIDR range in NO_PROXY names the host: no tunnel"
+
+
+def test_http_transport_goes_through_the_proxy_too(
+    oaiws_emulator_factory: Any, proxy: ConnectProxy, client_for: Any
+) -> None:
+    emulator = oaiws_emulator_factory(tls=True)
+    client = client_for(
+        emulator, transport="http", proxy=proxy.url, verify=emulator.ca_path, max_retries=0
+    )
+    assert _ask(client).status == "completed"
+    assert client.responses.retrieve(_ask(client).id).status == "completed"  # type: ignore[union-attr]
+    targets = proxy.targets()
+    assert targets and set(targets) == {_host_port(emulator)}, "every request was tunnelled"
+    assert all(method == "CONNECT" for method, _, _ in proxy.tunnels)
+    assert not any(
+        h.lower().startswith("authorization") for _, _, headers in proxy.tunnels for h in headers
+    ), "the API key travels inside the tunnel"
+    assert emulator.stats()["handshakes"] == 0

@@ -15,6 +15,7 @@ import pytest
 from support import wait_for
 
 import oaiws
+from oaiws import _retry
 from oaiws.testing import Emulator, expected_text
 
 ClientFactory = Callable[..., oaiws.Client]
@@ -172,7 +173,8 @@ def test_cancelling_a_running_background_response_ends_its_followers(
 
 
 class _Scripted(socketserver.StreamRequestHandler):
-    """Answers each request with the next scripted (status, body) and records the paths."""
+    """Answers each request with the next scripted (status, body) and records the paths;
+    status 0 closes the connection without an answer."""
 
     def handle(self) -> None:
         server: Scripted = self.server  # type: ignore[assignment]
@@ -191,6 +193,8 @@ class _Scripted(socketserver.StreamRequestHandler):
             self.rfile.read(length)
             server.paths.append(line.decode().split()[1])
             status, body = server.script.pop(0)
+            if status == 0:
+                return  # closed unanswered, as a server drops an idle kept-alive connection
             payload = json.dumps(body).encode()
             self.wfile.write(
                 f"HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nretry-after: 0\r\n"
@@ -263,3 +267,19 @@ def test_rest_calls_over_tls_with_a_private_ca(
     assert isinstance(created, oaiws.Response)
     stored = client.responses.retrieve(created.id)
     assert isinstance(stored, oaiws.Response) and stored.output_text == expected_text("tls")
+
+
+def test_a_kept_alive_connection_the_server_dropped_is_retried_at_once(
+    scripted: Callable[[list[tuple[int, Any]]], Scripted], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_retry, "INITIAL_BACKOFF", 30.0)  # a pause would show
+    monkeypatch.setattr(_retry, "MAX_BACKOFF", 30.0)
+    ok = {"id": "resp_1", "object": "response", "status": "completed"}
+    server = scripted([(200, ok), (0, None), (200, ok)])
+    with oaiws.Client(api_key="sk-x", base_url=server.base_url, max_retries=1) as client:
+        assert client.responses.retrieve("resp_1").status == "completed"  # type: ignore[union-attr]
+        started = time.monotonic()
+        assert client.responses.retrieve("resp_1").status == "completed"  # type: ignore[union-attr]
+        assert time.monotonic() - started < 5.0
+        assert client.pool_stats()["retries"] == 1
+    assert len(server.paths) == 3

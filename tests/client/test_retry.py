@@ -162,6 +162,7 @@ def test_the_policy_uses_retry_after() -> None:
 
 def test_the_policy_never_sleeps_past_the_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_retry, "INITIAL_BACKOFF", 30.0)
+    monkeypatch.setattr(_retry, "MAX_BACKOFF", 30.0)
     started = time.monotonic()
     with pytest.raises(APIConnectionError):
         _run([APIConnectionError("x")] * 10, max_retries=5, deadline=time.monotonic() + 0.05)
@@ -199,6 +200,7 @@ def test_a_failure_a_new_connection_cures_is_retried_without_a_pause(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(_retry, "INITIAL_BACKOFF", 5.0)
+    monkeypatch.setattr(_retry, "MAX_BACKOFF", 5.0)
     started = time.monotonic()
     stale = _retry.AttemptFailed(APIConnectionError("closed"), sent=True, stale=True)
     limit = ConnectionLimitReachedError("max age")

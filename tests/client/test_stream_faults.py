@@ -128,6 +128,7 @@ def test_connection_limit_reached_is_resent_at_once_on_a_new_connection(
 ) -> None:
     # A new connection cures it, so no pause; the request was on the wire, so it is a retry.
     monkeypatch.setattr(_retry, "INITIAL_BACKOFF", 30.0)
+    monkeypatch.setattr(_retry, "MAX_BACKOFF", 30.0)
     client = client_for(oaiws_emulator, max_retries=1)
     oaiws_emulator.inject(Fault(error_code="websocket_connection_limit_reached"), on="request")
     started = time.monotonic()
