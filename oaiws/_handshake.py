@@ -15,6 +15,7 @@ import contextlib
 import functools
 import logging
 import os
+import re
 import socket
 import ssl
 import threading
@@ -41,6 +42,8 @@ __all__ = ["TIMEOUT_ERRORS", "ProxyRefusedError", "drop", "open_websocket"]
 logger = logging.getLogger("oaiws.connection")
 
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+# websocket-client names a refused CONNECT's status in its message ("... status: 403").
+_PROXY_STATUS = re.compile(r"status:?\s*(\d{3})")
 
 TIMEOUT_ERRORS: tuple[type[BaseException], ...] = (
     websocket.WebSocketTimeoutException,
@@ -50,8 +53,10 @@ TIMEOUT_ERRORS: tuple[type[BaseException], ...] = (
 
 
 class ProxyRefusedError(APIConnectionError):
-    """The proxy refused to carry the upgrade (documented as ``APIConnectionError``; with
-    ``transport="auto"`` the request goes over HTTP instead)."""
+    """The proxy refused to carry the upgrade (documented as ``APIConnectionError``).
+    ``proxy_status``: the status the proxy answered, when it gave one."""
+
+    proxy_status: Optional[int] = None
 
 
 def open_websocket(config: ClientConfig) -> tuple[websocket.WebSocket, Optional[str]]:
@@ -146,7 +151,10 @@ def _mapped_errors(ws: websocket.WebSocket, shown: str, config: ClientConfig) ->
     except websocket.WebSocketAddressException as exc:
         raise APIConnectionError(f"cannot resolve the host of {shown}: {exc}") from exc
     except websocket.WebSocketProxyException as exc:
-        raise ProxyRefusedError(f"the proxy refused the connection to {shown}: {exc}") from exc
+        refused = ProxyRefusedError(f"the proxy refused the connection to {shown}: {exc}")
+        found = _PROXY_STATUS.search(str(exc))
+        refused.proxy_status = int(found.group(1)) if found else None
+        raise refused from exc
     except websocket.WebSocketException as exc:
         redirect = _redirect_status(ws)
         if redirect is not None:

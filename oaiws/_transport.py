@@ -6,11 +6,13 @@ A request asks the ``Router`` for a channel (a pooled WebSocket ``Connection`` o
 router, which returns it to its pool or closes it.
 
 ``auto``: an upgrade answered with a status that means "no WebSocket mode here" (404, 405,
-426, 501), or refused by a proxy, sends the request over HTTP at once, in the same attempt
-(nothing was sent yet), and later requests go straight to HTTP for ``REPROBE_AFTER`` seconds,
-after which WebSocket mode is tried again (a server may gain it). The first fallback is logged
-at WARNING, each one counted in ``http_fallbacks``. Other refusals (401, 403, 429, 5xx) are
-real errors and never fall back.
+426, 501) sends the request over HTTP at once, in the same attempt (nothing was sent yet),
+and later requests go straight to HTTP for ``REPROBE_AFTER`` seconds, after which WebSocket
+mode is tried again (a server may gain it). So does a proxy that refuses to tunnel a plain
+``ws://`` upgrade, since plain HTTP goes through it without a tunnel; a proxy's refusal of a
+``wss://`` tunnel (HTTPS needs the same tunnel) or of its credentials (407) never falls back.
+The first fallback is logged at WARNING, each one counted in ``http_fallbacks``. Other
+refusals (401, 403, 429, 5xx) are real errors and never fall back.
 """
 
 from __future__ import annotations
@@ -73,6 +75,8 @@ class Router:
     def __init__(self, config: ClientConfig, pool: Pool, http: HttpTransport, stats: Stats) -> None:
         self._mode = config.transport
         self._url = display_url(config.websocket_url)
+        # Plain HTTP goes through a proxy without a CONNECT tunnel; HTTPS needs one, as wss does.
+        self._plain = config.websocket_url.lower().startswith("ws:")
         self.pool = pool
         self.http = http
         self._stats = stats
@@ -101,8 +105,8 @@ class Router:
             if self._mode != "auto" or error.status_code not in NO_WEBSOCKET_STATUSES:
                 raise
             self._fall_back(f"the server answered the upgrade with HTTP {error.status_code}")
-        except ProxyRefusedError:
-            if self._mode != "auto":
+        except ProxyRefusedError as refused:
+            if self._mode != "auto" or not self._plain or refused.proxy_status == 407:
                 raise
             self._fall_back("a proxy refused the upgrade")
         return self.http.channel(timeout)

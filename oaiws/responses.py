@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar, Union
+from typing import TYPE_CHECKING, Any, Callable, Literal, Optional, TypeVar, Union, overload
 from urllib.parse import quote
 
 from . import _retry
@@ -31,8 +31,9 @@ __all__ = ["InputItems", "Responses"]
 
 T = TypeVar("T")
 
-# What a response id may hold: it goes into a URL path.
-_RESPONSE_ID = re.compile(r"[A-Za-z0-9_.:-]{1,256}")
+# What a response id may hold: it goes into a URL path (so no "/", and no "." or ".." that a
+# URL library would resolve against the path).
+_RESPONSE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,255}")
 _ORDERS = ("asc", "desc")
 
 
@@ -43,6 +44,36 @@ class Responses:
     def __init__(self, runtime: Runtime) -> None:
         self._runtime = runtime
         self.input_items = InputItems(runtime)
+
+    @overload
+    def create(
+        self,
+        *,
+        stream: Literal[False] = False,
+        background: Optional[bool] = None,
+        timeout: Optional[float] = None,
+        **fields: Any,
+    ) -> Response: ...
+
+    @overload
+    def create(
+        self,
+        *,
+        stream: Literal[True],
+        background: Optional[bool] = None,
+        timeout: Optional[float] = None,
+        **fields: Any,
+    ) -> ResponseStream: ...
+
+    @overload
+    def create(
+        self,
+        *,
+        stream: bool,
+        background: Optional[bool] = None,
+        timeout: Optional[float] = None,
+        **fields: Any,
+    ) -> Union[Response, ResponseStream]: ...
 
     def create(
         self,
@@ -82,6 +113,39 @@ class Responses:
         body = {key: value for key, value in payload.items() if key != "type"}
         data = self._call("POST", "/responses", payload=body, timeout=seconds)
         return _response(data, "POST /responses")
+
+    @overload
+    def retrieve(
+        self,
+        response_id: str,
+        *,
+        stream: Literal[False] = False,
+        starting_after: Optional[int] = None,
+        include: Optional[Sequence[str]] = None,
+        timeout: Optional[float] = None,
+    ) -> Response: ...
+
+    @overload
+    def retrieve(
+        self,
+        response_id: str,
+        *,
+        stream: Literal[True],
+        starting_after: Optional[int] = None,
+        include: Optional[Sequence[str]] = None,
+        timeout: Optional[float] = None,
+    ) -> ResponseStream: ...
+
+    @overload
+    def retrieve(
+        self,
+        response_id: str,
+        *,
+        stream: bool,
+        starting_after: Optional[int] = None,
+        include: Optional[Sequence[str]] = None,
+        timeout: Optional[float] = None,
+    ) -> Union[Response, ResponseStream]: ...
 
     def retrieve(
         self,
@@ -206,6 +270,11 @@ class InputItems:
                 last = items[-1].get("id") if items else None
             if page.get("has_more") is not True or not isinstance(last, str) or not items:
                 return
+            if last == params.get("after"):
+                raise ProtocolError(
+                    f"the answer to GET {path} says it has more items after {last!r}, but "
+                    "gave that same cursor again: the listing would never end"
+                )
             params = {**params, "after": last}
             params.pop("before", None)
 
@@ -226,18 +295,18 @@ def _rest_call(
     deadline = None if timeout is None else time.monotonic() + timeout
 
     def attempt() -> Any:
-        read_timeout = config.read_timeout
+        # Each try has read_timeout for its answer, and never more than the call has left.
+        until = time.monotonic() + config.read_timeout
         if deadline is not None:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            if time.monotonic() >= deadline:
                 raise AttemptFailed(
                     _retry.TotalTimeoutError(f"the call did not finish within {timeout}s"),
                     sent=True,
                 )
-            read_timeout = min(read_timeout, remaining)
+            until = min(until, deadline)
         return _sent(
             lambda: runtime.http.request_json(
-                method, path, params=params, payload=payload, read_timeout=read_timeout
+                method, path, params=params, payload=payload, deadline=until
             )
         )
 

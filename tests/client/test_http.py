@@ -341,3 +341,29 @@ def test_http_requests_in_flight_are_bounded_by_max_connections(
     first.close()  # its place is free again
     assert client.create_response(model="m", input="c").output_text == expected_text("c")
     second.close()
+
+
+def test_a_conversation_over_http_replays_when_its_previous_response_is_gone(
+    oaiws_emulator: Emulator, client_for: ClientFactory
+) -> None:
+    client = client_for(oaiws_emulator, transport="http")
+    with client.conversation(model="m") as conv:
+        first = conv.send("one")
+        client.responses.delete(first.id)  # the chain's previous response is gone
+        second = conv.send("two")
+    assert second.status == "completed"
+    # The server answered previous_response_not_found by HTTP status; the turn replayed the
+    # transcript at once on the same request's place, as it does over WebSocket.
+    assert client.pool_stats()["replays"] == 1
+    assert second.output_text == expected_text(
+        "two", history=[{"role": "user", "content": "one"}, *first.output]
+    )
+
+
+def test_warm_up_is_websocket_mode_s_and_says_so_over_http(
+    oaiws_emulator: Emulator, client_for: ClientFactory
+) -> None:
+    client = client_for(oaiws_emulator, transport="http")
+    with pytest.raises(oaiws.ConfigurationError, match="WebSocket mode"):
+        client.warm(model="m")
+    assert oaiws_emulator.stats()["requests"] == 0

@@ -208,3 +208,51 @@ def test_http_transport_goes_through_the_proxy_too(
         h.lower().startswith("authorization") for _, _, headers in proxy.tunnels for h in headers
     ), "the API key travels inside the tunnel"
     assert emulator.stats()["handshakes"] == 0
+
+
+class _Refusing(socketserver.StreamRequestHandler):
+    def handle(self) -> None:
+        proxy: RefusingProxy = self.server  # type: ignore[assignment]
+        request_line = self.rfile.readline().decode("latin-1").strip()
+        while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+            pass
+        with proxy.lock:
+            proxy.seen.append(request_line.split(" ", 1)[0])
+        self.wfile.write(f"HTTP/1.1 {proxy.status} Refused\r\nContent-Length: 0\r\n\r\n".encode())
+
+
+class RefusingProxy(socketserver.ThreadingTCPServer):
+    """Answers every request (a CONNECT or a forwarded one) with one status."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, status: int) -> None:
+        super().__init__(("127.0.0.1", 0), _Refusing)
+        self.status = status
+        self.lock = threading.Lock()
+        self.seen: list[str] = []
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        return f"http://{host}:{port}"
+
+
+@pytest.mark.parametrize(("status", "falls_back"), [(407, False), (403, True)])
+def test_a_proxy_refusing_the_upgrade_falls_back_to_http_unless_it_wants_credentials(
+    oaiws_emulator: Emulator, client_for: Any, status: int, falls_back: bool
+) -> None:
+    refusing = RefusingProxy(status)
+    threading.Thread(target=refusing.serve_forever, args=(0.05,), daemon=True).start()
+    try:
+        client = client_for(oaiws_emulator, proxy=refusing.url, max_retries=0)
+        with pytest.raises(oaiws.APIError):
+            _ask(client)
+        assert client.pool_stats()["http_fallbacks"] == int(falls_back)
+        # Falling back, the plain-HTTP request went to the proxy too (no tunnel), which
+        # refused it as well; with 407 nothing was tried but the tunnel.
+        assert refusing.seen == (["CONNECT", "POST"] if falls_back else ["CONNECT"])
+    finally:
+        refusing.shutdown()
+        refusing.server_close()

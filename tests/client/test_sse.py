@@ -92,3 +92,8 @@ def test_any_split_of_the_body_gives_the_same_events(
     points = sorted({min(cut, len(body)) for cut in cuts})
     chunks = [body[a:b] for a, b in zip([0, *points], [*points, len(body)])]
     assert parse(*chunks) == expected
+
+
+def test_a_byte_order_mark_opening_the_stream_is_dropped() -> None:
+    assert parse(b"\xef\xbb\xbf", b"data: x\n\n") == [("", b"x")]
+    assert parse(b"data: \xef\xbb\xbfkept\n\n") == [("", b"\xef\xbb\xbfkept")]
