@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from typing import Any, Callable
 
 import pytest
+from support import Answer, RawServer
 
 import oaiws
 from oaiws import _retry
@@ -36,3 +37,18 @@ def client_for() -> Iterator[ClientFactory]:
     yield make
     for client in clients:
         client.close()
+
+
+@pytest.fixture
+def raw_server() -> Iterator[Callable[[Answer], RawServer]]:
+    """``raw_server(answer)``: a started ``RawServer`` (see support.py), ended at teardown."""
+    servers: list[RawServer] = []
+
+    def make(answer: Answer) -> RawServer:
+        server = RawServer(answer).start()
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        server.end()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import socketserver
+import threading
 import time
 from typing import Any, Callable
 
@@ -56,3 +58,73 @@ def text_frame(payload: bytes, *, fin: bool = True) -> bytes:
     if length < 65536:
         return bytes([first, 126]) + length.to_bytes(2, "big") + payload
     return bytes([first, 127]) + length.to_bytes(8, "big") + payload
+
+
+class RawRequest:
+    """One request a ``RawServer`` read: its method, path, headers (lower-case) and body."""
+
+    def __init__(self, method: str, path: str, headers: dict[str, str], body: bytes) -> None:
+        self.method, self.path, self.headers, self.body = method, path, headers, body
+
+
+# A raw server's answer: writes whatever it likes on wfile; True keeps the connection for the
+# next request, False closes it. ``stop`` is set when the test ends.
+Answer = Callable[[RawRequest, Any, threading.Event], bool]
+
+
+class _RawHandler(socketserver.StreamRequestHandler):
+    def handle(self) -> None:
+        server: RawServer = self.server  # type: ignore[assignment]
+        while True:
+            line = self.rfile.readline()
+            if not line.strip():
+                return
+            method, path = line.decode("latin-1").split()[:2]
+            headers: dict[str, str] = {}
+            while True:
+                header = self.rfile.readline()
+                if header in (b"\r\n", b"\n", b""):
+                    break
+                name, _, value = header.decode("latin-1").partition(":")
+                headers[name.strip().lower()] = value.strip()
+            body = self.rfile.read(int(headers.get("content-length", "0")))
+            request = RawRequest(method, path, headers, body)
+            with server.lock:
+                server.requests.append(request)
+            try:
+                keep = server.answer(request, self.wfile, server.stop)
+                self.wfile.flush()
+            except OSError:
+                server.client_gone.set()
+                return
+            if not keep:
+                return
+
+
+class RawServer(socketserver.ThreadingTCPServer):
+    """A loopback HTTP server whose every answer a test writes byte for byte: what a lying,
+    slow or redirecting server says, which the emulator never would."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, answer: Answer) -> None:
+        super().__init__(("127.0.0.1", 0), _RawHandler)
+        self.answer = answer
+        self.lock = threading.Lock()
+        self.requests: list[RawRequest] = []
+        self.stop = threading.Event()
+        self.client_gone = threading.Event()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/v1"
+
+    def start(self) -> RawServer:
+        threading.Thread(target=self.serve_forever, args=(0.05,), daemon=True).start()
+        return self
+
+    def end(self) -> None:
+        self.stop.set()
+        self.shutdown()
+        self.server_close()

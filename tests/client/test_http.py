@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import logging
 import os
-import socketserver
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any, Callable
 
 import pytest
+from support import Answer, RawRequest, RawServer
 
 import oaiws
 from oaiws import _retry, _transport
@@ -213,59 +212,26 @@ def test_http_over_tls_with_a_private_ca(
 # -- redirects: never followed, the key never sent elsewhere -------------------------------
 
 
-class _Recorder(socketserver.StreamRequestHandler):
-    def handle(self) -> None:
-        server: Stub = self.server  # type: ignore[assignment]
-        head = []
-        while True:
-            line = self.rfile.readline()
-            if line in (b"\r\n", b"\n", b""):
-                break
-            head.append(line.decode("latin-1"))
-        server.heads.append(head)
-        body = b"moved"
-        self.wfile.write(
-            f"HTTP/1.1 {server.status} Moved\r\nLocation: {server.location}\r\n"
-            f"Connection: close\r\nContent-Length: {len(body)}\r\n\r\n".encode()
-            + body
+def _redirect_to(location: str) -> Answer:
+    def answer(request: RawRequest, wfile: Any, stop: threading.Event) -> bool:
+        wfile.write(
+            f"HTTP/1.1 307 Moved\r\nLocation: {location}\r\nConnection: close\r\n"
+            "Content-Length: 5\r\n\r\nmoved".encode()
         )
+        return False
+
+    return answer
 
 
-class Stub(socketserver.ThreadingTCPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-    def __init__(self, status: int = 307, location: str = "") -> None:
-        super().__init__(("127.0.0.1", 0), _Recorder)
-        self.status, self.location = status, location
-        self.heads: list[list[str]] = []
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}/v1"
-
-
-@pytest.fixture
-def stubs() -> Iterator[Callable[..., Stub]]:
-    made: list[Stub] = []
-
-    def make(**options: Any) -> Stub:
-        stub = Stub(**options)
-        threading.Thread(target=stub.serve_forever, args=(0.05,), daemon=True).start()
-        made.append(stub)
-        return stub
-
-    yield make
-    for stub in made:
-        stub.shutdown()
-        stub.server_close()
+def _unreachable(request: RawRequest, wfile: Any, stop: threading.Event) -> bool:
+    raise AssertionError("a request reached the redirect's target")
 
 
 def test_an_http_redirect_is_never_followed_and_the_key_stays_home(
-    stubs: Callable[..., Stub],
+    raw_server: Callable[[Answer], RawServer],
 ) -> None:
-    elsewhere = stubs(status=200)
-    redirecting = stubs(status=307, location=elsewhere.base_url + "/responses?token=SECRET")
+    elsewhere = raw_server(_unreachable)
+    redirecting = raw_server(_redirect_to(elsewhere.base_url + "/responses?token=SECRET"))
     with oaiws.Client(
         api_key="sk-secret-key", base_url=redirecting.base_url, transport="http", max_retries=0
     ) as client:
@@ -275,8 +241,8 @@ def test_an_http_redirect_is_never_followed_and_the_key_stays_home(
             client.responses.retrieve("resp_1")
     assert caught.value.status_code == 307 and "never followed" in str(caught.value)
     assert "SECRET" not in str(caught.value) and "sk-secret-key" not in str(caught.value)
-    assert elsewhere.heads == [], "nothing went to the redirect's target"
-    assert len(redirecting.heads) == 2
+    assert elsewhere.requests == [], "nothing went to the redirect's target"
+    assert len(redirecting.requests) == 2
 
 
 # -- fork -----------------------------------------------------------------------------------

@@ -5,19 +5,19 @@ would never say."""
 from __future__ import annotations
 
 import json
-import socketserver
 import threading
 import time
 import tracemalloc
-from collections.abc import Iterator
 from typing import Any, Callable
 
 import pytest
+from support import Answer, RawRequest, RawServer
+from test_hostile_server import REFUSED as REFUSED_OVER_WEBSOCKET
 
 import oaiws
 from oaiws.testing import HOSTILE_FRAMES, Emulator, Fault
 
-Script = Callable[[Any, Any, threading.Event], None]
+Serve = Callable[[Answer], RawServer]
 CREATED = {"type": "response.created", "response": {"id": "resp_x", "status": "in_progress"}}
 DONE = {
     "type": "response.completed",
@@ -31,58 +31,6 @@ def _event(data: dict[str, Any]) -> bytes:
 
 def _chunk(data: bytes) -> bytes:
     return f"{len(data):x}\r\n".encode() + data + b"\r\n"
-
-
-class _Handler(socketserver.StreamRequestHandler):
-    def handle(self) -> None:
-        server: RawServer = self.server  # type: ignore[assignment]
-        length = 0
-        while True:
-            line = self.rfile.readline()
-            if line in (b"\r\n", b"\n", b""):
-                break
-            name, _, value = line.decode("latin-1").partition(":")
-            if name.strip().lower() == "content-length":
-                length = int(value)
-        self.rfile.read(length)
-        server.requests += 1
-        try:
-            server.script(self.rfile, self.wfile, server.stop)
-        except OSError:
-            server.client_gone.set()
-
-
-class RawServer(socketserver.ThreadingTCPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-    def __init__(self, script: Script) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.script = script
-        self.requests = 0
-        self.stop = threading.Event()
-        self.client_gone = threading.Event()
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}/v1"
-
-
-@pytest.fixture
-def serve() -> Iterator[Callable[[Script], RawServer]]:
-    made: list[RawServer] = []
-
-    def make(script: Script) -> RawServer:
-        server = RawServer(script)
-        threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
-        made.append(server)
-        return server
-
-    yield make
-    for server in made:
-        server.stop.set()
-        server.shutdown()
-        server.server_close()
 
 
 def _client(server: RawServer, **options: Any) -> oaiws.Client:
@@ -100,17 +48,18 @@ def _sse_head(wfile: Any) -> None:
 
 
 def test_a_redirect_with_an_endless_body_is_refused_without_reading_it(
-    serve: Callable[[Script], RawServer],
+    raw_server: Serve,
 ) -> None:
-    def script(rfile: Any, wfile: Any, stop: threading.Event) -> None:
+    def answer(request: RawRequest, wfile: Any, stop: threading.Event) -> bool:
         wfile.write(
             b"HTTP/1.1 307 Moved\r\nLocation: http://[::1/unparsable\r\n"
             b"Content-Length: 1000000000\r\n\r\n"
         )
         while not stop.wait(0.05):
             wfile.write(b"x" * 65536)
+        return False
 
-    server = serve(script)
+    server = raw_server(answer)
     started = time.monotonic()
     with _client(server) as client, pytest.raises(oaiws.APIStatusError) as caught:
         client.create_response(model="m", input="x")
@@ -118,27 +67,29 @@ def test_a_redirect_with_an_endless_body_is_refused_without_reading_it(
     assert time.monotonic() - started < 3.0
 
 
-def test_a_compressed_answer_is_refused(serve: Callable[[Script], RawServer]) -> None:
-    def script(rfile: Any, wfile: Any, stop: threading.Event) -> None:
+def test_a_compressed_answer_is_refused(raw_server: Serve) -> None:
+    def answer(request: RawRequest, wfile: Any, stop: threading.Event) -> bool:
         wfile.write(
             b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Encoding: gzip\r\n"
             b"Content-Length: 4\r\n\r\nxxxx"
         )
+        return False
 
-    with _client(serve(script)) as client, pytest.raises(oaiws.ProtocolError, match="gzip"):
+    with _client(raw_server(answer)) as client, pytest.raises(oaiws.ProtocolError, match="gzip"):
         client.create_response(model="m", input="x")
 
 
 def test_a_line_that_never_ends_stops_at_max_message_size(
-    serve: Callable[[Script], RawServer],
+    raw_server: Serve,
 ) -> None:
-    def script(rfile: Any, wfile: Any, stop: threading.Event) -> None:
+    def answer(request: RawRequest, wfile: Any, stop: threading.Event) -> bool:
         _sse_head(wfile)
         wfile.write(_chunk(_event(CREATED)))
         while not stop.is_set():
             wfile.write(_chunk(b"x" * 65536))  # one line, no newline, 64 KiB at a time
+        return False
 
-    server = serve(script)
+    server = raw_server(answer)
     tracemalloc.start()
     try:
         with _client(server, max_message_size=1 << 20) as client:
@@ -154,19 +105,20 @@ def test_a_line_that_never_ends_stops_at_max_message_size(
 
 
 def test_an_event_that_trickles_in_is_cut_at_read_timeout(
-    serve: Callable[[Script], RawServer],
+    raw_server: Serve,
 ) -> None:
-    def script(rfile: Any, wfile: Any, stop: threading.Event) -> None:
+    def answer(request: RawRequest, wfile: Any, stop: threading.Event) -> bool:
         _sse_head(wfile)
         wfile.write(_chunk(_event(CREATED)))
         wfile.flush()
         for byte in _chunk(_event(DONE)):  # the next event, one byte every 0.2 s
             if stop.wait(0.2):
-                return
+                return False
             wfile.write(bytes([byte]))
             wfile.flush()
+        return False
 
-    server = serve(script)
+    server = raw_server(answer)
     started = time.monotonic()
     client = _client(server, read_timeout=1.0)
     with client, pytest.raises(oaiws.StreamTimeoutError) as caught:
@@ -176,17 +128,18 @@ def test_an_event_that_trickles_in_is_cut_at_read_timeout(
 
 
 def test_after_the_terminal_event_nobody_waits_for_the_body_to_end(
-    serve: Callable[[Script], RawServer],
+    raw_server: Serve,
 ) -> None:
-    def script(rfile: Any, wfile: Any, stop: threading.Event) -> None:
+    def answer(request: RawRequest, wfile: Any, stop: threading.Event) -> bool:
         _sse_head(wfile)
         wfile.write(_chunk(_event(CREATED) + _event(DONE)))
         wfile.flush()
         while not stop.wait(0.5):  # keep-alive comments, and never the body's end
             wfile.write(_chunk(b": ping\n\n"))
             wfile.flush()
+        return False
 
-    server = serve(script)
+    server = raw_server(answer)
     started = time.monotonic()
     with _client(server, read_timeout=30.0) as client:
         assert client.create_response(model="m", input="x").status == "completed"
@@ -195,22 +148,23 @@ def test_after_the_terminal_event_nobody_waits_for_the_body_to_end(
 
 
 def test_a_rest_answer_that_trickles_in_is_bounded_by_the_calls_timeout(
-    serve: Callable[[Script], RawServer],
+    raw_server: Serve,
 ) -> None:
     body = json.dumps({"id": "resp_1", "object": "response", "status": "completed"}).encode()
 
-    def script(rfile: Any, wfile: Any, stop: threading.Event) -> None:
+    def answer(request: RawRequest, wfile: Any, stop: threading.Event) -> bool:
         wfile.write(
             b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
             + f"Content-Length: {len(body)}\r\n\r\n".encode()
         )
         for byte in body:
             if stop.wait(0.3):
-                return
+                return False
             wfile.write(bytes([byte]))
             wfile.flush()
+        return False
 
-    server = serve(script)
+    server = raw_server(answer)
     started = time.monotonic()
     with _client(server) as client, pytest.raises(oaiws.APITimeoutError):
         client.responses.retrieve("resp_1", timeout=1.0)
@@ -218,39 +172,30 @@ def test_a_rest_answer_that_trickles_in_is_bounded_by_the_calls_timeout(
 
 
 def test_a_listing_whose_cursor_never_moves_is_refused(
-    serve: Callable[[Script], RawServer],
+    raw_server: Serve,
 ) -> None:
     page = json.dumps(
         {"data": [{"id": "item_1", "type": "message"}], "has_more": True, "last_id": "item_1"}
     ).encode()
 
-    def script(rfile: Any, wfile: Any, stop: threading.Event) -> None:
+    def answer(request: RawRequest, wfile: Any, stop: threading.Event) -> bool:
         wfile.write(
             b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n"
             + f"Content-Length: {len(page)}\r\n\r\n".encode()
             + page
         )
+        return False
 
-    server = serve(script)
+    server = raw_server(answer)
     with _client(server) as client, pytest.raises(oaiws.ProtocolError, match="never end"):
         list(client.responses.input_items.list("resp_1"))
-    assert server.requests == 2
+    assert len(server.requests) == 2
 
 
 # -- the emulator's hostile frames over SSE ---------------------------------------------------
 
-REFUSED = {
-    "not_json",
-    "invalid_utf8",
-    "not_an_object",
-    "no_type",
-    "type_not_a_string",
-    "deep_nesting",
-    "negative_index",
-    "index_not_an_integer",
-    "terminal_without_response",
-}
-WEBSOCKET_ONLY = {"oversized_frame", "fragment_flood"}
+WEBSOCKET_ONLY = {"oversized_frame", "fragment_flood"}  # over HTTP, a 400
+REFUSED = REFUSED_OVER_WEBSOCKET - WEBSOCKET_ONLY
 
 
 @pytest.mark.parametrize("preset", sorted(HOSTILE_FRAMES))

@@ -5,14 +5,12 @@ retries of a REST call, TLS."""
 from __future__ import annotations
 
 import json
-import socketserver
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any, Callable
 
 import pytest
-from support import wait_for
+from support import Answer, RawRequest, RawServer, wait_for
 
 import oaiws
 from oaiws import _retry
@@ -172,78 +170,38 @@ def test_cancelling_a_running_background_response_ends_its_followers(
 # -- retries, TLS ---------------------------------------------------------------------------
 
 
-class _Scripted(socketserver.StreamRequestHandler):
-    """Answers each request with the next scripted (status, body) and records the paths;
+def _scripted(script: list[tuple[int, Any]]) -> Answer:
+    """Each request gets the next (status, body) of ``script``, on a kept-alive connection;
     status 0 closes the connection without an answer."""
 
-    def handle(self) -> None:
-        server: Scripted = self.server  # type: ignore[assignment]
-        while True:
-            line = self.rfile.readline()
-            if not line:
-                return
-            length = 0
-            while True:
-                header = self.rfile.readline()
-                if header in (b"\r\n", b"\n", b""):
-                    break
-                name, _, value = header.decode("latin-1").partition(":")
-                if name.lower() == "content-length":
-                    length = int(value)
-            self.rfile.read(length)
-            server.paths.append(line.decode().split()[1])
-            status, body = server.script.pop(0)
-            if status == 0:
-                return  # closed unanswered, as a server drops an idle kept-alive connection
-            payload = json.dumps(body).encode()
-            self.wfile.write(
-                f"HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nretry-after: 0\r\n"
-                f"x-request-id: req_scripted\r\nContent-Length: {len(payload)}\r\n\r\n".encode()
-                + payload
-            )
+    def answer(request: RawRequest, wfile: Any, stop: threading.Event) -> bool:
+        status, body = script.pop(0)
+        if status == 0:
+            return False  # closed unanswered, as a server drops an idle kept-alive connection
+        payload = json.dumps(body).encode()
+        wfile.write(
+            f"HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nretry-after: 0\r\n"
+            f"x-request-id: req_scripted\r\nContent-Length: {len(payload)}\r\n\r\n".encode()
+            + payload
+        )
+        return True
 
-
-class Scripted(socketserver.ThreadingTCPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-    def __init__(self, script: list[tuple[int, Any]]) -> None:
-        super().__init__(("127.0.0.1", 0), _Scripted)
-        self.script = script
-        self.paths: list[str] = []
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}/v1"
-
-
-@pytest.fixture
-def scripted() -> Iterator[Callable[[list[tuple[int, Any]]], Scripted]]:
-    made: list[Scripted] = []
-
-    def make(script: list[tuple[int, Any]]) -> Scripted:
-        server = Scripted(script)
-        threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
-        made.append(server)
-        return server
-
-    yield make
-    for server in made:
-        server.shutdown()
-        server.server_close()
+    return answer
 
 
 def test_a_rest_call_retries_a_503_and_a_429_but_never_a_400(
-    scripted: Callable[[list[tuple[int, Any]]], Scripted],
+    raw_server: Callable[[Answer], RawServer],
 ) -> None:
     busy = {"error": {"message": "busy", "type": "server_error", "code": "server_error"}}
-    server = scripted(
-        [
-            (503, busy),
-            (429, {"error": {"message": "slow down", "code": "rate_limit_exceeded"}}),
-            (200, {"id": "resp_1", "object": "response", "status": "completed"}),
-            (400, {"error": {"message": "bad", "type": "invalid_request_error"}}),
-        ]
+    server = raw_server(
+        _scripted(
+            [
+                (503, busy),
+                (429, {"error": {"message": "slow down", "code": "rate_limit_exceeded"}}),
+                (200, {"id": "resp_1", "object": "response", "status": "completed"}),
+                (400, {"error": {"message": "bad", "type": "invalid_request_error"}}),
+            ]
+        )
     )
     with oaiws.Client(api_key="sk-x", base_url=server.base_url, max_retries=2) as client:
         started = time.monotonic()
@@ -255,7 +213,7 @@ def test_a_rest_call_retries_a_503_and_a_429_but_never_a_400(
             client.responses.retrieve("resp_1")
         assert caught.value.request_id == "req_scripted"
         assert client.pool_stats()["retries"] == 2
-    assert server.paths == ["/v1/responses/resp_1"] * 4
+    assert [request.path for request in server.requests] == ["/v1/responses/resp_1"] * 4
 
 
 def test_rest_calls_over_tls_with_a_private_ca(
@@ -270,16 +228,16 @@ def test_rest_calls_over_tls_with_a_private_ca(
 
 
 def test_a_kept_alive_connection_the_server_dropped_is_retried_at_once(
-    scripted: Callable[[list[tuple[int, Any]]], Scripted], monkeypatch: pytest.MonkeyPatch
+    raw_server: Callable[[Answer], RawServer], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(_retry, "INITIAL_BACKOFF", 30.0)  # a pause would show
     monkeypatch.setattr(_retry, "MAX_BACKOFF", 30.0)
     ok = {"id": "resp_1", "object": "response", "status": "completed"}
-    server = scripted([(200, ok), (0, None), (200, ok)])
+    server = raw_server(_scripted([(200, ok), (0, None), (200, ok)]))
     with oaiws.Client(api_key="sk-x", base_url=server.base_url, max_retries=1) as client:
         assert client.responses.retrieve("resp_1").status == "completed"  # type: ignore[union-attr]
         started = time.monotonic()
         assert client.responses.retrieve("resp_1").status == "completed"  # type: ignore[union-attr]
         assert time.monotonic() - started < 5.0
         assert client.pool_stats()["retries"] == 1
-    assert len(server.paths) == 3
+    assert len(server.requests) == 3
