@@ -389,6 +389,10 @@ class PoolState:
                 self._forget(conn, "closed", keep_idle_list=True)
                 actions.close.append((conn, "the pool closed"))
             self.idle.clear()
+            if self.held:  # a connection under care keeps nothing for anyone in a closed pool
+                for entry in self.entries.values():
+                    if entry.held_for is not None:
+                        self._unhold(entry)
             return actions
 
         if self.idle:

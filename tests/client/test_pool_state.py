@@ -326,3 +326,21 @@ PoolMachine.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 TestPoolStateMachine = PoolMachine.TestCase
+
+
+def test_a_hold_on_a_connection_under_care_ends_when_the_pool_closes() -> None:
+    # Found by the machine above: a closed pool kept a hold on the one connection that was
+    # under care, past its affinity_wait.
+    machine = PoolMachine()
+    state = machine.state
+    waiter = Waiter(None, machine.now, machine.now + 1)
+    state.enqueue(waiter, machine.now)
+    conn = Conn(machine.now)
+    state.opened(waiter, conn, machine.now + 50, machine.now)
+    state.taken(waiter)
+    conn.last_response_id = "resp_a"
+    state.release(conn, "resp_a", machine.now)
+    assert state.begin_care(conn)
+    state.close(machine.now)
+    state.check_invariants(machine.now + 1.0)
+    assert state.end_care(conn, True, machine.now + 1.0).close == [(conn, "closed")]
