@@ -217,6 +217,8 @@ class Connection:
         # The hot path of every event: a text frame read with the timeout already set, one
         # clock read on each side, and tracking only for the few types that need it.
         started = time.monotonic()
+        # The whole frame must be there by then, however it trickles in (see _before_read).
+        self._frame_deadline = started + timeout
         limit = timeout
         while True:
             opcode, data = self._recv_frame(limit, timeout)
@@ -279,7 +281,6 @@ class Connection:
             if limit != self._timeout_set:
                 self._ws.settimeout(limit)
                 self._timeout_set = limit
-            self._frame_deadline = time.monotonic() + limit
             opcode, frame = self._ws.recv_data_frame(control_frame=True)
         except TIMEOUT_ERRORS as exc:
             raise APITimeoutError(

@@ -140,7 +140,9 @@ class Pool:
             with self._lock:
                 if state.closed:
                     raise closed_error()
-                actions = _merged(self._take_unholds(now), state.enqueue(waiter, now))
+                actions = state.enqueue(waiter, now)
+                if self._unholds:
+                    actions = _merged(self._take_unholds(now), actions)
                 # Ready to block in the same pass under the lock: with many threads, every
                 # extra acquisition of a contended lock can cost a context switch.
                 wake_at = None if waiter.granted() else self._prepare_wait(waiter, now)
@@ -322,9 +324,9 @@ class Pool:
         try:
             with self._lock:
                 now = time.monotonic()
-                drained = self._take_unholds(now)
+                drained = self._take_unholds(now) if self._unholds else None
                 decided = transition(*args, now=now, **kwargs)
-                actions = _merged(drained, decided)
+                actions = decided if drained is None else _merged(drained, decided)
         finally:
             if actions:
                 more = self._perform(actions, filling=filling)

@@ -167,6 +167,9 @@ class PoolState:
         self.closed = False
         self.fill_retry_at = 0.0  # age clock: no fill before this (after a failed one)
         self.fill_backoff = fill_backoff_start
+        # Age clock: no idle connection retires or times out before this, so most passes skip
+        # looking (it may be early, never late: a look that finds nothing sets it anew).
+        self._next_due = 0.0
 
     # -- transitions: each changes plain state, then lets _assign decide ------------------
 
@@ -230,6 +233,7 @@ class PoolState:
             self.fill_backoff = self.fill_backoff_start
         entry = _Entry(IN_USE, retire_at, self.age_clock())
         self.entries[conn] = entry
+        self._next_due = 0.0  # one more connection: idle ones may now time out (min_connections)
         if waiter is not None:
             waiter.slot = False
             waiter.conn = conn
@@ -395,7 +399,7 @@ class PoolState:
                         self._unhold(entry)
             return actions
 
-        if self.idle:
+        if self.idle and self.age_clock() >= self._next_due:
             self._retire_idle(actions)
         if self.held:
             self._expire_holds(now)
@@ -422,16 +426,27 @@ class PoolState:
             self._forget(conn, "expired", keep_idle_list=True)
             actions.close.append((conn, "retired (age)"))
         timeout = self.idle_timeout
-        if timeout is None:
-            return
-        # Least recently used first, and never below min_connections.
-        while self.idle and len(self.entries) > self.min_connections:
-            conn = self.idle[0]
-            if age_now - self.entries[conn].idle_since < timeout:
-                break
-            del self.idle[0]
-            self._forget(conn, "idle", keep_idle_list=True)
-            actions.close.append((conn, "closed after idle_timeout"))
+        if timeout is not None:
+            # Least recently used first, and never below min_connections.
+            while self.idle and len(self.entries) > self.min_connections:
+                conn = self.idle[0]
+                if age_now - self.entries[conn].idle_since < timeout:
+                    break
+                del self.idle[0]
+                self._forget(conn, "idle", keep_idle_list=True)
+                actions.close.append((conn, "closed after idle_timeout"))
+        self._next_due = self._earliest_due()
+
+    def _earliest_due(self) -> float:
+        """When the first idle connection retires or may time out (age clock)."""
+        due = float("inf")
+        may_time_out = self.idle_timeout is not None and len(self.entries) > self.min_connections
+        for conn in self.idle:
+            entry = self.entries[conn]
+            due = min(due, entry.retire_at)
+            if may_time_out:
+                due = min(due, entry.idle_since + self.idle_timeout)  # type: ignore[operator]
+        return due
 
     def _expire_holds(self, now: float) -> None:
         overdue = bool(self.waiters) and now - self.waiters[0].since >= self.affinity_wait
@@ -541,6 +556,10 @@ class PoolState:
         entry = self.entries[conn]
         entry.state = IDLE
         entry.idle_since = idle_since
+        due = entry.retire_at
+        if self.idle_timeout is not None:
+            due = min(due, idle_since + self.idle_timeout)
+        self._next_due = min(self._next_due, due)
         # Keep the list ordered by idle_since, so that LIFO stays LIFO after care.
         idle = self.idle
         index = len(idle)

@@ -256,10 +256,10 @@ def run(
     rest of a warm request's bookkeeping. When it fails with something worth another look,
     tenacity takes over as if it had made that first try itself.
     """
-    budget = _Budget(max_retries, free_resends, deadline, whole_request, stats)
     try:
         return attempt()
     except AttemptFailed as failure:
+        budget = _Budget(max_retries, free_resends, deadline, whole_request, stats)
         if not budget.worth_a_look(failure):
             _give_up(failure)
         first_failure: list[AttemptFailed] = [failure]
