@@ -28,15 +28,7 @@ from websocket import ABNF
 
 from . import _json
 from ._config import ClientConfig, display_url
-from ._frames import (
-    SHORTEST_TOO_DEEP,
-    TOO_DEEP,
-    BoundedFrames,
-    LinearMessages,
-    MessageTooLargeError,
-    ReadAhead,
-    too_deep,
-)
+from ._frames import TOO_DEEP, BoundedFrames, LinearMessages, MessageTooLargeError, ReadAhead
 from ._handshake import TIMEOUT_ERRORS, drop, open_websocket
 from .errors import (
     APIConnectionError,
@@ -234,8 +226,6 @@ class Connection:
                     ) from None
                 except RecursionError:
                     raise self._protocol_error(f"the server sent a frame that {TOO_DEEP}") from None
-                if len(data) >= SHORTEST_TOO_DEEP and too_deep(data, decoded):
-                    raise self._protocol_error(f"the server sent a frame that {TOO_DEEP}")
                 if decoded.__class__ is dict:
                     kind = decoded.get("type")
                     if kind.__class__ is str and kind in _TRACKED_EVENTS:

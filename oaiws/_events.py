@@ -8,6 +8,7 @@ never copies anything. Unknown event types pass through untouched.
 
 from __future__ import annotations
 
+import reprlib
 from collections.abc import Iterator, Mapping
 from typing import Any, Optional
 
@@ -26,8 +27,47 @@ def _wrap(value: Any, where: str) -> Any:
     if isinstance(value, dict):
         return Fields(value, where)
     if isinstance(value, list):
-        return [_wrap(item, where) for item in value]
+        return _wrap_list(value, where)
     return value
+
+
+def _wrap_list(value: list[Any], where: str) -> list[Any]:
+    # Without recursion: the server's arrays may nest as deep as the JSON decoder allows
+    # (about a thousand levels), more than Python's stack.
+    wrapped: list[Any] = []
+    pending = [(value, wrapped)]
+    while pending:
+        source, target = pending.pop()
+        for item in source:
+            if isinstance(item, dict):
+                target.append(Fields(item, where))
+            elif isinstance(item, list):
+                inner: list[Any] = []
+                target.append(inner)
+                pending.append((item, inner))
+            else:
+                target.append(item)
+    return wrapped
+
+
+# What a server value looks like in a message or a repr when its own repr cannot be had or
+# would not fit: a few levels and items of it, long strings cut.
+_BRIEF = reprlib.Repr()
+_BRIEF.maxlevel = 4
+_BRIEF.maxstring = 80
+_BRIEF.maxother = 80
+
+
+def brief(value: Any) -> str:
+    """A short repr of a value the server sent, whatever its size or nesting."""
+    return _BRIEF.repr(value)
+
+
+def _full_repr(value: dict[str, Any]) -> str:
+    try:
+        return repr(value)
+    except RecursionError:  # nested deeper than repr can go: show the top of it
+        return brief(value)
 
 
 class Fields(Mapping[str, Any]):
@@ -88,7 +128,7 @@ class Fields(Mapping[str, Any]):
     __hash__ = None  # type: ignore[assignment]  # mutable contents, like a dict
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({self._data!r})"
+        return f"{type(self).__name__}({_full_repr(self._data)})"
 
 
 class Event(Fields):
@@ -119,7 +159,7 @@ class Event(Fields):
         return _wrap(value, name)
 
     def __repr__(self) -> str:
-        return f"Event({self._data!r})"
+        return f"Event({_full_repr(self._data)})"
 
 
 _SCALARS = frozenset({str, int, float, bool})
@@ -442,7 +482,7 @@ def _index(data: Mapping[str, Any], key: str) -> int:
     if value.__class__ is int and value >= 0:
         return int(value)
     raise ProtocolError(
-        f"the server sent a {data.get('type')!r} event whose {key} is {value!r}, not a "
+        f"the server sent a {data.get('type')!r} event whose {key} is {brief(value)}, not a "
         "non-negative integer: the response cannot be assembled from its events"
     )
 

@@ -1,11 +1,15 @@
 """What the client accepts from the wire: frames no larger than ``max_message_size``, read
-through one large read at a time, and text frames that decode to JSON no deeper than
-``MAX_NESTING``.
+through one large read at a time, and text frames that decode to JSON.
 
 A server is not trusted: a frame header may announce any length, a message may go on in
-continuation frames forever, and a JSON text may nest until a recursive parser (or anything
-that later copies the value) runs out of stack. Each of these is refused here before it can
-cost more than what actually arrived, and surfaces as ``ProtocolError``.
+continuation frames forever, and a JSON text may nest until a recursive parser runs out of
+stack. Each of these is refused before it can cost more than what actually arrived, and
+surfaces as ``ProtocolError``: the size at the frame's header, the nesting by the decoder
+itself (orjson stops at 1024 levels, the standard library near the interpreter's recursion
+limit; both become a ``ValueError`` here). Checking the nesting of every event again would
+cost more than decoding some of them; the one place that copies and re-encodes what the
+server sent, a conversation's transcript, checks its items against ``MAX_NESTING``
+(``nested_deeper_than``).
 """
 
 from __future__ import annotations
@@ -20,7 +24,6 @@ from . import _json
 
 __all__ = [
     "MAX_NESTING",
-    "SHORTEST_TOO_DEEP",
     "TOO_DEEP",
     "BoundedFrames",
     "LinearMessages",
@@ -28,19 +31,14 @@ __all__ = [
     "ReadAhead",
     "TooDeepError",
     "decode",
-    "too_deep",
+    "nested_deeper_than",
 ]
 
-# The deepest JSON nesting accepted from the server (objects and arrays inside each other).
-# Real events nest about ten deep (a tool's JSON schema echoed back, a few more); 128 leaves
-# room for any of them while keeping every later copy, repr or re-encoding of the value
-# (orjson encodes at most 254 levels, copy.deepcopy recurses in Python) far from a limit.
+# The deepest nesting a conversation keeps in its transcript: real items nest about ten deep
+# (a tool's JSON schema echoed back, a few more); 128 keeps every copy (copy.deepcopy recurses
+# in Python) and every re-encoding (orjson encodes at most 254 levels) far from a limit.
 MAX_NESTING = 128
-
-# A text needs two bytes per level of nesting (an opening and a closing bracket), so one
-# shorter than this cannot be too deep: most events are, and pay one len() for the rule.
-SHORTEST_TOO_DEEP = 2 * (MAX_NESTING + 1)
-TOO_DEEP = f"nests deeper than {MAX_NESTING} levels"
+TOO_DEEP = "nests deeper than the JSON decoder allows"
 
 # websocket-client reads each frame with reads of exactly the size it needs next (the header,
 # the extended length, the payload). One read of up to this much takes a whole TLS record at
@@ -55,7 +53,7 @@ _U64 = struct.Struct("!Q")
 
 
 class TooDeepError(ValueError):
-    """A JSON text nests deeper than ``MAX_NESTING``."""
+    """A JSON text nests deeper than the decoder allows."""
 
 
 class MessageTooLargeError(websocket.WebSocketProtocolException):
@@ -71,33 +69,25 @@ class MessageTooLargeError(websocket.WebSocketProtocolException):
 
 
 def decode(data: Union[bytes, bytearray, str]) -> Any:
-    """A text frame's JSON value; ``ValueError`` when it is not JSON or nests too deep.
-
-    ``Connection.recv_json`` does the same inline (one call less per event)."""
+    """A text's JSON value; ``ValueError`` when it is not JSON or nests deeper than the
+    decoder allows (``Connection.recv_json`` does the same inline, one call less per event)."""
     try:
-        value = _json.loads(data)
+        return _json.loads(data)
     except RecursionError:
         # The standard library's parser recurses in C and gives up near the interpreter's
         # recursion limit (orjson stops at 1024 levels with a ValueError of its own).
         raise TooDeepError(f"the JSON {TOO_DEEP}") from None
-    if len(data) >= SHORTEST_TOO_DEEP and too_deep(data, value):
-        raise TooDeepError(f"the JSON {TOO_DEEP}")
-    return value
 
 
-def too_deep(data: Union[bytes, bytearray, str], value: Any) -> bool:
-    # Fewer brackets than the limit cannot nest deeper than it: counting is C-speed, and only
-    # frames with many containers (a big finished response) are walked.
-    if isinstance(data, str):
-        brackets = data.count("{") + data.count("[")
-    else:
-        brackets = data.count(b"{") + data.count(b"[")
-    if brackets <= MAX_NESTING or (value.__class__ is not dict and value.__class__ is not list):
+def nested_deeper_than(value: Any, limit: int) -> bool:
+    """Whether ``value`` holds objects or arrays more than ``limit`` levels deep (a walk of
+    its containers, without recursion)."""
+    if value.__class__ is not dict and value.__class__ is not list:
         return False
     stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
         node, depth = stack.pop()
-        if depth > MAX_NESTING:
+        if depth > limit:
             return True
         children = node.values() if node.__class__ is dict else node
         for child in children:

@@ -333,7 +333,10 @@ class _Request:
         # only a usable one is worth keeping the connection for.
         self._return_connection(hold=self.hold and response.status in _CONTINUABLE)
         if self.turn is not None:
-            self.turn.finished(response)
+            try:
+                self.turn.finished(response)
+            except ProtocolError as error:  # the conversation refused what the server sent
+                raise self._context(error) from None
 
     def _interrupted(self, cls: type[StreamInterruptedError], cause: str) -> StreamInterruptedError:
         error = cls(

@@ -27,9 +27,10 @@ import weakref
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Optional, Union
 
+from ._frames import MAX_NESTING, nested_deeper_than
 from ._payload import build_payload
 from ._stream import ResponseStream, collect_response
-from .errors import ConfigurationError, ConversationBusyError
+from .errors import ConfigurationError, ConversationBusyError, ProtocolError
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -240,11 +241,20 @@ class Conversation:
     def _commit(self, items: list[dict[str, Any]], response: Response) -> None:
         if response.status not in _KEPT_STATUSES or response.id is None:
             return
-        self._history.extend(copy.deepcopy(items))
         output = response.get("output")
         kept = (
             [item for item in output if isinstance(item, dict)] if isinstance(output, list) else []
         )
+        if any(nested_deeper_than(item, MAX_NESTING) for item in kept):
+            # Kept, the item would be deep-copied and re-encoded in every replay, past what
+            # either can do; refused, the conversation goes on from its previous turn.
+            self._runtime.pool.release_hold(response.id)
+            raise ProtocolError(
+                f"the server's output for this turn is nested deeper than {MAX_NESTING} levels;"
+                " the turn is not added to the conversation",
+                response_id=response.id,
+            )
+        self._history.extend(copy.deepcopy(items))
         self._history.extend(copy.deepcopy(kept))
         self._chain.last_response_id = response.id
 

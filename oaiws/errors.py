@@ -232,7 +232,8 @@ class StreamTimeoutError(StreamInterruptedError, APITimeoutError):
 
 class ProtocolError(APIError):
     """The server broke the protocol: a binary frame, a text frame that is not JSON or nests
-    deeper than ``MAX_NESTING``, a frame larger than ``max_message_size``, an event without a
+    deeper than the JSON decoder goes, a frame larger than ``max_message_size``, a
+    conversation turn whose output nests deeper than 128 levels, an event without a
     string ``type``, an invalid index, a terminal event without a response object. The
     connection is closed; nothing the server claimed was allocated."""
 
@@ -441,7 +442,8 @@ def error_from_event(event: Mapping[str, Any], *, response_id: Optional[str] = N
     raw_headers = fields.get("headers")
     headers = None
     if isinstance(raw_headers, Mapping):
-        headers = {str(k): str(v) for k, v in raw_headers.items()}
+        # Header values are strings; anything else the server put there is left out.
+        headers = {str(k): v for k, v in raw_headers.items() if isinstance(v, str)}
     if code == ConnectionLimitReachedError.code:
         return ConnectionLimitReachedError(message, response_id=response_id)
     cls = _status_class(status_code, code)

@@ -26,6 +26,9 @@ HUGE = 2**62
 FLOOD_FRAGMENT_BYTES = 64 * 1024
 FLOOD_LIMIT_BYTES = 512 * 1024 * 1024
 NESTING_DEPTH = 100_000
+# Deeper than a client should copy into a transcript (oaiws keeps 128 levels), well within
+# what any JSON decoder reads.
+OUTPUT_ITEM_DEPTH = 200
 
 
 @dataclass(frozen=True)
@@ -328,6 +331,21 @@ def _status_not_a_string(done: dict[str, Any]) -> JsonEvent:
     return JsonEvent({"type": "response.done", "response": {**done, "status": ["completed"]}})
 
 
+def _deep_output_item(done: dict[str, Any]) -> JsonEvent:
+    message_id, _ = _ids(done["id"])
+    nested: list[Any] = []
+    for _ in range(OUTPUT_ITEM_DEPTH - 1):
+        nested = [nested]
+    item = {
+        "type": "message",
+        "id": message_id,
+        "status": "completed",
+        "role": "assistant",
+        "content": [{"type": "output_text", "text": "deep", "annotations": [], "extra": nested}],
+    }
+    return JsonEvent({"type": "response.completed", "response": {**done, "output": [item]}})
+
+
 def _error_not_an_object(done: dict[str, Any]) -> JsonEvent:
     return JsonEvent({"type": "error", "error": 42, "status": "x"})
 
@@ -397,6 +415,12 @@ _PRESETS: dict[str, HostilePreset] = {
         'instead of the terminal event: response.done whose response.status is ["completed"]',
         _none,
         terminal=_status_not_a_string,
+    ),
+    "deep_output_item": HostilePreset(
+        "instead of the terminal event: response.completed whose output is one message with"
+        f" an array nested {OUTPUT_ITEM_DEPTH} levels deep in its text part",
+        _none,
+        terminal=_deep_output_item,
     ),
     "error_not_an_object": HostilePreset(
         'instead of the terminal event: {"type": "error", "error": 42, "status": "x"}',

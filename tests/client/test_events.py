@@ -7,8 +7,10 @@ from typing import Any
 
 import pytest
 
+import oaiws
 from oaiws import Event, Response
 from oaiws._events import ResponseAccumulator
+from oaiws.errors import error_from_event
 
 
 def _text_turn(text_chunks: list[str], *, terminal_output: bool = True) -> list[dict[str, Any]]:
@@ -276,3 +278,49 @@ def test_partial_build_then_the_rest() -> None:
     final = accumulator.build()
     assert final.status == "completed"
     assert final.output_text == "one two three"
+
+
+def test_error_headers_keep_only_string_values() -> None:
+    deep: list[Any] = []
+    for _ in range(5000):
+        deep = [deep]
+    error = error_from_event(
+        {
+            "type": "error",
+            "status": 429,
+            "error": {"code": "rate_limit_exceeded", "headers": {"retry-after": "2", "x": deep}},
+        }
+    )
+    assert error.headers == {"retry-after": "2"} and error.retry_after == 2.0
+
+
+def _nested_lists(depth: int, innermost: Any) -> Any:
+    value = innermost
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def test_a_value_nested_as_deep_as_a_decoder_allows_can_be_read_and_shown() -> None:
+    # orjson decodes up to 1024 levels, deeper than Python's own recursion goes.
+    event = Event({"type": "x.y", "extra": _nested_lists(1020, {"a": 1})})
+    shown = repr(event)
+    assert shown.startswith("Event({") and "'type': 'x.y'" in shown and len(shown) < 200
+    node, depth = event.extra, 0
+    while isinstance(node, list):
+        node, depth = node[0], depth + 1
+    assert depth == 1020 and node.a == 1
+
+
+def test_an_index_of_the_wrong_type_is_named_briefly_whatever_its_size() -> None:
+    accumulator = ResponseAccumulator()
+    event = {"type": "response.output_text.delta", "output_index": _nested_lists(1020, 0)}
+    accumulator.add(event)
+    with pytest.raises(oaiws.ProtocolError, match=r"output_index is \[\[\[\[.*not a") as caught:
+        accumulator.build()
+    assert len(str(caught.value)) < 300
+    accumulator = ResponseAccumulator()
+    accumulator.add({"type": "response.output_text.delta", "output_index": "9" * 100_000})
+    with pytest.raises(oaiws.ProtocolError, match="output_index is '9999") as caught:
+        accumulator.build()
+    assert len(str(caught.value)) < 300

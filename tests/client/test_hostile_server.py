@@ -29,7 +29,13 @@ REFUSED = {
     "fragment_flood",
     "terminal_without_response",
 }
-TOLERATED = {"huge_index", "wrong_field_types", "output_not_a_list", "status_not_a_string"}
+TOLERATED = {
+    "huge_index",
+    "wrong_field_types",
+    "output_not_a_list",
+    "status_not_a_string",
+    "deep_output_item",
+}
 ERROR_EVENT = {"error_not_an_object"}
 
 # Small enough that the flood is refused after 16 fragments; the default is tested apart.
@@ -140,6 +146,33 @@ def test_tolerated_lies_still_build_the_response_from_what_arrived(
 
         emulator.inject(Fault(hostile_frame="output_not_a_list"))
         assert client.create_response(model="gpt-test", input="hello").output == []
+
+
+@pytest.mark.parametrize("way", ["send", "stream"])
+def test_a_conversation_refuses_an_output_too_deep_to_keep_and_goes_on(
+    emulator: Emulator, backend: str, way: str
+) -> None:
+    # A transcript deep-copies its items and re-encodes them in every replay: an item nested
+    # past 128 levels is refused, the transcript stays as it was, and the chain goes on.
+    with _client(emulator, affinity_wait=30.0) as client:
+        conv = client.conversation(model="gpt-test")
+        first = conv.send("one")
+        before = conv.history
+        emulator.inject(Fault(hostile_frame="deep_output_item"))
+        with pytest.raises(oaiws.ProtocolError, match="nested deeper than 128 levels") as caught:
+            if way == "send":
+                conv.send("two")
+            else:
+                for _ in conv.stream("two"):
+                    pass
+        assert caught.value.response_id is not None and caught.value.response_id != first.id
+        assert conv.history == before and conv.last_response_id == first.id
+        # The refused turn's connection is not held for it: another caller gets it at once.
+        stats = client.pool_stats()
+        assert stats["connections_held"] == 0 and stats["affinity_holds_released"] == 1
+        again = conv.send("two")
+        assert again.status == "completed" and conv.last_response_id == again.id
+        assert conv.history[len(before)] == {"role": "user", "content": "two"}
 
 
 def test_a_message_larger_than_the_limit_is_refused_before_it_is_read(
