@@ -41,6 +41,7 @@ from requests.adapters import HTTPAdapter
 from . import _json
 from ._config import ClientConfig, display_url
 from ._frames import decode
+from ._retry import KeepAliveDropped
 from ._sse import SSEParser, SSETooLargeError
 from ._stats import Stats
 from .errors import (
@@ -55,7 +56,7 @@ from .errors import (
     error_from_status,
 )
 
-__all__ = ["HttpChannel", "HttpTransport", "KeepAliveDropped"]
+__all__ = ["HttpChannel", "HttpTransport"]
 
 logger = logging.getLogger("oaiws.http")
 
@@ -76,12 +77,6 @@ _CORRUPT = (
     requests.exceptions.ContentDecodingError,
     urllib3.exceptions.DecodeError,
 )
-
-
-class KeepAliveDropped(APIConnectionError):
-    """The server closed (or reset) the connection before answering: most likely a kept-alive
-    connection it had dropped while idle, which a new connection cures (documented as
-    ``APIConnectionError``; the retry policy retries it without a pause)."""
 
 
 class _Session(requests.Session):

@@ -53,6 +53,7 @@ __all__ = [
     "MAX_BACKOFF",
     "MAX_RETRY_AFTER",
     "AttemptFailed",
+    "KeepAliveDropped",
     "TotalTimeoutError",
     "backoff_seconds",
     "is_retryable",
@@ -75,6 +76,12 @@ _TRANSIENT_CODES = frozenset(
 )
 # A 429 that no amount of waiting fixes.
 _PERMANENT_CODES = frozenset({"insufficient_quota"})
+
+
+class KeepAliveDropped(APIConnectionError):
+    """The server closed (or reset) a connection before answering: most likely a kept-alive
+    connection it had dropped while idle, which a new connection cures. Documented as
+    ``APIConnectionError``; ``run`` retries it without a pause (a stale failure)."""
 
 
 class TotalTimeoutError(APITimeoutError):

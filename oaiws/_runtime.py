@@ -12,15 +12,17 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Mapping
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from ._config import ClientConfig
-from ._http import HttpTransport
 from ._payload import build_payload
 from ._pool import Pool, closed_error
 from ._stats import Stats
 from ._transport import Router
 from .errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from ._http import HttpTransport
 
 __all__ = ["Runtime"]
 
@@ -28,16 +30,32 @@ __all__ = ["Runtime"]
 class Runtime:
     """The configuration, transports and statistics of one client, and its open/closed state."""
 
-    __slots__ = ("_closed", "_lock", "config", "http", "pool", "router", "stats")
+    __slots__ = ("_closed", "_http", "_lock", "config", "pool", "router", "stats")
 
     def __init__(self, config: ClientConfig, pool: Optional[Pool] = None) -> None:
         self.config = config
         self.stats = pool.counters if pool is not None else Stats()
         self.pool = pool if pool is not None else Pool(config, stats=self.stats)
-        self.http = HttpTransport(config, self.stats)
-        self.router = Router(config, self.pool, self.http, self.stats)
+        self._http: Optional[HttpTransport] = None
         self._lock = threading.Lock()
         self._closed = False
+        self.router = Router(config, self.pool, lambda: self.http, self.stats)
+
+    @property
+    def http(self) -> HttpTransport:
+        """The HTTP transport, made on first use: a client that never leaves WebSocket mode
+        never imports ``requests`` (a third of the import time of the package)."""
+        http = self._http
+        if http is None:
+            from ._http import HttpTransport  # noqa: PLC0415 - requests only when needed
+
+            with self._lock:
+                if self._http is None:
+                    if self._closed:
+                        raise closed_error()
+                    self._http = HttpTransport(self.config, self.stats)
+                http = self._http
+        return http
 
     @property
     def closed(self) -> bool:
@@ -79,4 +97,7 @@ class Runtime:
                 return
             self._closed = True
         self.pool.close()
-        self.http.close()
+        with self._lock:
+            http = self._http
+        if http is not None:
+            http.close()

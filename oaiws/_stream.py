@@ -24,8 +24,7 @@ from typing import TYPE_CHECKING, Any, Optional, Protocol, TypeVar
 
 from . import _retry
 from ._events import TERMINAL_EVENT_TYPES, Event, Response, ResponseAccumulator
-from ._http import KeepAliveDropped
-from ._retry import AttemptFailed
+from ._retry import AttemptFailed, KeepAliveDropped
 from .errors import (
     APIConnectionError,
     APIError,

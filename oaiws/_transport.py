@@ -20,15 +20,19 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Optional, Protocol, Union
+from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol, Union
 
 from ._config import ClientConfig, display_url
 from ._connection import Connection
 from ._handshake import ProxyRefusedError
-from ._http import HttpChannel, HttpTransport
 from ._pool import Pool
 from ._stats import Stats
 from .errors import APIStatusError
+
+if TYPE_CHECKING:
+    from ._http import HttpChannel, HttpTransport
+
+    AnyChannel = Union[Connection, HttpChannel]
 
 __all__ = ["NO_WEBSOCKET_STATUSES", "REPROBE_AFTER", "Channel", "ChannelSource", "Router"]
 
@@ -56,9 +60,6 @@ class Channel(Protocol):
     def recv_json(self, timeout: float) -> Any: ...
 
 
-AnyChannel = Union[Connection, HttpChannel]
-
-
 class ChannelSource(Protocol):
     """Where a request gets its channel and gives it back."""
 
@@ -72,13 +73,19 @@ class ChannelSource(Protocol):
 class Router:
     """The client's ``ChannelSource``: WebSocket, HTTP, or WebSocket first (see the module)."""
 
-    def __init__(self, config: ClientConfig, pool: Pool, http: HttpTransport, stats: Stats) -> None:
+    def __init__(
+        self,
+        config: ClientConfig,
+        pool: Pool,
+        http: Callable[[], HttpTransport],
+        stats: Stats,
+    ) -> None:
         self._mode = config.transport
         self._url = display_url(config.websocket_url)
         # Plain HTTP goes through a proxy without a CONNECT tunnel; HTTPS needs one, as wss does.
         self._plain = config.websocket_url.lower().startswith("ws:")
         self.pool = pool
-        self.http = http
+        self._http = http  # made on first use (Runtime.http)
         self._stats = stats
         self._fell_back_at: Optional[float] = None  # monotonic, the last fallback (auto)
         self._warned = False
@@ -98,7 +105,7 @@ class Router:
 
     def acquire(self, timeout: float, affinity: Optional[str]) -> AnyChannel:
         if self.over_http:
-            return self.http.channel(timeout)
+            return self._http().channel(timeout)
         try:
             return self.pool.acquire(timeout, affinity)
         except APIStatusError as error:
@@ -109,7 +116,7 @@ class Router:
             if self._mode != "auto" or not self._plain or refused.proxy_status == 407:
                 raise
             self._fall_back("a proxy refused the upgrade")
-        return self.http.channel(timeout)
+        return self._http().channel(timeout)
 
     def _fall_back(self, why: str) -> None:
         with self._lock:
@@ -127,16 +134,16 @@ class Router:
             logger.debug(message, why, self._url, REPROBE_AFTER)
 
     def release(self, channel: AnyChannel, *, hold: bool) -> None:
-        if isinstance(channel, HttpChannel):
-            channel.finish()
-        else:
+        if isinstance(channel, Connection):
             self.pool.release(channel, hold=hold)
+        else:
+            channel.finish()
 
     def discard(self, channel: AnyChannel, reason: str, *, lost: bool) -> None:
-        if isinstance(channel, HttpChannel):
-            channel.close()
-        else:
+        if isinstance(channel, Connection):
             self.pool.discard(channel, reason, lost=lost)
+        else:
+            channel.close()
 
 
 class HttpSource:
@@ -158,9 +165,9 @@ class HttpSource:
         return self._http.channel(timeout, self._method, self._path, self._params)
 
     def release(self, channel: AnyChannel, *, hold: bool) -> None:
-        assert isinstance(channel, HttpChannel)
+        assert not isinstance(channel, Connection)
         channel.finish()
 
     def discard(self, channel: AnyChannel, reason: str, *, lost: bool) -> None:
-        assert isinstance(channel, HttpChannel)
+        assert not isinstance(channel, Connection)
         channel.close()

@@ -18,8 +18,7 @@ from urllib.parse import quote
 
 from . import _retry
 from ._events import Fields, Response
-from ._http import KeepAliveDropped
-from ._retry import AttemptFailed
+from ._retry import AttemptFailed, KeepAliveDropped
 from ._stream import ResponseStream, collect_response
 from ._transport import HttpSource
 from .errors import APIError, ConfigurationError, ProtocolError

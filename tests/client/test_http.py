@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
+import sys
 import threading
 import time
 from typing import Any, Callable
@@ -333,3 +335,32 @@ def test_warm_up_is_websocket_mode_s_and_says_so_over_http(
     with pytest.raises(oaiws.ConfigurationError, match="WebSocket mode"):
         client.warm(model="m")
     assert oaiws_emulator.stats()["requests"] == 0
+
+
+def test_a_client_that_stays_on_websocket_never_imports_requests(oaiws_emulator: Emulator) -> None:
+    # requests is a third of the package's import time: WebSocket users (and cold starts)
+    # do not pay for it; the first HTTP request does.
+    code = (
+        "import sys, oaiws\n"
+        "client = oaiws.Client(api_key=sys.argv[1], base_url=sys.argv[2])\n"
+        "assert client.create_response(model='m', input='hi').status == 'completed'\n"
+        "assert 'requests' not in sys.modules, 'requests imported on the WebSocket path'\n"
+        "client.responses.retrieve(client.create_response(model='m', input='hi', store=True).id)\n"
+        "assert 'requests' in sys.modules\n"
+        "client.close()\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, oaiws_emulator.api_key, oaiws_emulator.base_url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
+def test_a_closed_client_makes_no_http_transport(oaiws_emulator: Emulator) -> None:
+    client = oaiws.Client(api_key=oaiws_emulator.api_key, base_url=oaiws_emulator.base_url)
+    client.close()
+    with pytest.raises(oaiws.ClientClosedError):
+        client.responses.retrieve("resp_123")
