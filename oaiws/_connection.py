@@ -209,8 +209,10 @@ class Connection:
         # The hot path of every event: a text frame read with the timeout already set, one
         # clock read on each side, and tracking only for the few types that need it.
         started = time.monotonic()
-        # The whole frame must be there by then, however it trickles in (see _before_read).
+        # The whole frame must be there by then, however it trickles in (see _before_read);
+        # its first read is bounded by the socket's timeout alone, which is no later.
         self._frame_deadline = started + timeout
+        self._read_ahead.unguarded = True
         limit = timeout
         while True:
             opcode, data = self._recv_frame(limit, timeout)

@@ -172,10 +172,11 @@ class ReadAhead:
     through untouched, and bytes already read are never lost: they stay here for the next
     frame. ``guard`` runs before each read of the socket (once per TLS record, not per
     frame): the connection bounds a whole frame's arrival with it, which a per-read socket
-    timeout cannot do against a server that sends one byte at a time.
+    timeout cannot do against a server that sends one byte at a time. ``unguarded``: the next
+    read skips ``guard`` (the first read of a frame, which the socket's timeout bounds alone).
     """
 
-    __slots__ = ("_data", "_guard", "_pos", "_read", "reads")
+    __slots__ = ("_data", "_guard", "_pos", "_read", "reads", "unguarded")
 
     def __init__(
         self, read: Callable[[int], Any], guard: Optional[Callable[[], None]] = None
@@ -185,14 +186,16 @@ class ReadAhead:
         self._data = b""
         self._pos = 0
         self.reads = 0  # reads of the socket, for tests and debugging
+        self.unguarded = False
 
     def __call__(self, wanted: int) -> bytes:
         data = self._data
         pos = self._pos
         if pos >= len(data):
-            guard = self._guard
-            if guard is not None:
-                guard()
+            if self.unguarded:
+                self.unguarded = False
+            elif self._guard is not None:
+                self._guard()
             data = self._data = self._read(_READ_AHEAD)
             self.reads += 1
             pos = 0

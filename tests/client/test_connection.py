@@ -296,6 +296,16 @@ def test_read_ahead_passes_errors_through_and_loses_nothing() -> None:
     assert reader(1) == b"d"
 
 
+def test_read_ahead_guards_every_read_but_the_one_marked_unguarded() -> None:
+    chunks = [b"ab", b"cd", b"ef"]
+    guarded: list[int] = []
+    reader = ReadAhead(lambda size: chunks.pop(0), lambda: guarded.append(reader.reads))
+    reader.unguarded = True
+    assert reader(2) == b"ab" and guarded == []  # a frame's first read: the socket bounds it
+    assert reader(2) == b"cd" and guarded == [1]  # any later read: the guard first
+    assert reader(2) == b"ef" and guarded == [1, 2]
+
+
 @pytest.mark.parametrize("tls", [False, True])
 def test_a_response_takes_about_one_socket_read_per_frame(
     oaiws_emulator_factory: Callable[..., Emulator], tls: bool
