@@ -677,6 +677,8 @@ class PoolState:
         )
         for conn in self.idle:
             held_for = entries[conn].held_for
+            if held_for is None:
+                continue  # allowed only beside waiters kept for care, checked above
             _require(
                 all(w.affinity != held_for for w in self.waiters),
                 "a waiter waits next to the connection held for it",
