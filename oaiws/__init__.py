@@ -7,6 +7,7 @@ from ._client import Client
 from ._events import Event, Response
 from ._stream import ResponseStream
 from ._version import __version__
+from .batch import BatchProgress, BatchResult, BatchRun
 from .conversation import Conversation
 from .errors import (
     APIConnectionError,
@@ -15,6 +16,7 @@ from .errors import (
     APITimeoutError,
     AuthenticationError,
     BadRequestError,
+    BatchStoppedError,
     ClientClosedError,
     ConfigurationError,
     ConflictError,
@@ -41,6 +43,10 @@ __all__ = [
     "APITimeoutError",
     "AuthenticationError",
     "BadRequestError",
+    "BatchProgress",
+    "BatchResult",
+    "BatchRun",
+    "BatchStoppedError",
     "Client",
     "ClientClosedError",
     "ConfigurationError",

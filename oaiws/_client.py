@@ -3,12 +3,13 @@ that its streams and conversations share."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Optional, Union
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 from ._config import ClientConfig, display_url
 from ._runtime import Runtime
 from ._stream import ResponseStream, collect_response
+from .batch import BatchRun
 from .conversation import Conversation
 from .errors import ConfigurationError
 from .responses import Responses
@@ -17,6 +18,7 @@ if TYPE_CHECKING:
     from types import TracebackType
 
     from ._events import Response
+    from .batch import BatchProgress
 
 __all__ = ["Client"]
 
@@ -150,6 +152,41 @@ class Client:
             raise ConfigurationError("warm() sends generate=False itself: remove generate=")
         payload, seconds = self._runtime.prepare({**fields, "generate": False}, timeout)
         return collect_response(self._runtime, payload, timeout=seconds)
+
+    def batch(
+        self,
+        requests: Iterable[Any],
+        *,
+        concurrency: Optional[int] = None,
+        ordered: bool = False,
+        max_requests_per_minute: Optional[float] = None,
+        max_tokens_per_minute: Optional[float] = None,
+        progress: Union[bool, Callable[[BatchProgress], None], None] = None,
+        timeout: Optional[float] = None,
+    ) -> BatchRun:
+        """Run many requests over this client's pool; iterate for one ``BatchResult`` each.
+
+        ``requests``: any iterable (read lazily) of ``response.create`` field dicts or Batch API
+        lines (``custom_id``, ``method``, ``url``, ``body``). ``concurrency``: requests in
+        flight at most (default ``max_connections``). ``ordered``: yield in input order (a
+        window of ``4 * concurrency``) instead of completion order. ``max_requests_per_minute``
+        and ``max_tokens_per_minute``: spread starts evenly under these budgets (tokens
+        estimated as input bytes / 4 plus ``max_output_tokens``); a 429 pauses starts for its
+        ``retry-after`` and halves the concurrency, which grows back by one per round trip.
+        ``progress``: ``True`` for a tqdm bar (``oaiws[cli]``), or a callable given a
+        ``BatchProgress`` after each result. ``timeout``: each request's own, as in
+        ``create_response``. Failures are results (``.error``); see ``oaiws.batch``.
+        """
+        return BatchRun(
+            self._runtime,
+            requests,
+            concurrency=concurrency,
+            ordered=ordered,
+            max_requests_per_minute=max_requests_per_minute,
+            max_tokens_per_minute=max_tokens_per_minute,
+            progress=progress,
+            timeout=timeout,
+        )
 
     def pool_stats(self) -> dict[str, Any]:
         """The pool's gauges and counters (handshakes, requests, connections open/idle/in use,

@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from ._runtime import Runtime
     from ._transport import AnyChannel, ChannelSource
 
-__all__ = ["ResponseStream", "Turn", "collect_response"]
+__all__ = ["AttemptWatch", "ResponseStream", "Turn", "collect_response"]
 
 log = logging.getLogger("oaiws")
 
@@ -76,6 +76,18 @@ class Turn(Protocol):
     def finished(self, response: Response) -> None: ...
 
     def end(self) -> None: ...
+
+
+class AttemptWatch(Protocol):
+    """Sees every try of a buffered request (``collect_response``): a batch paces its tries
+    and learns of the 429s that the retry policy then waits out."""
+
+    def attempt(self) -> None:
+        """Before each try (resends and retries included); may block, or raise to stop (an
+        exception that is not an ``AttemptFailed`` is never retried)."""
+
+    def failed(self, error: APIError) -> None:
+        """A try failed with ``error``; the policy decides next whether to try again."""
 
 
 class _Request:
@@ -502,17 +514,20 @@ def collect_response(
     replay: Optional[dict[str, Any]] = None,
     hold: bool = False,
     channels: Optional[ChannelSource] = None,
+    watch: Optional[AttemptWatch] = None,
 ) -> Response:
     """Run a request to its end without yielding anything: ``create_response``.
 
     Since the caller sees nothing until the end, a connection lost midway may be retried as a
     whole request, under the same policy, budget and total deadline. ``replay`` and ``hold``
     are a conversation's (see ``_Request``): each try chooses between continuation and replay
-    on the connection it gets.
+    on the connection it gets. ``watch`` sees every try.
     """
     deadline = None if timeout is None else time.monotonic() + timeout
 
     def attempt() -> Response:
+        if watch is not None:
+            watch.attempt()
         request = _Request(
             runtime,
             payload,
@@ -526,9 +541,13 @@ def collect_response(
         try:
             for _ in _events(request):
                 pass
-        except AttemptFailed:
+        except AttemptFailed as failure:
+            if watch is not None:
+                watch.failed(failure.error)
             raise
         except APIError as error:
+            if watch is not None:
+                watch.failed(error)
             # Midway: nothing reached the caller, so the policy may retry the whole request.
             raise AttemptFailed(error, sent=True) from None
         assert request.response is not None  # the generator ends only at a terminal event

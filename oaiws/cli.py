@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from typing import Optional
 
-from . import _demo
+from . import _batchcli, _demo
 from ._version import __version__
 from .testing import _cli as emulator_cli
 
@@ -25,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     emulator_cli.register(commands)
     _demo.register(commands)
+    _batchcli.register(commands)
     return parser
 
 

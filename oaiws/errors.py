@@ -10,6 +10,7 @@ Hierarchy::
     ├── ClientClosedError                  the Client was closed; create a new one
     ├── ConversationBusyError              a Conversation used by two threads at once
     ├── StreamClosedError                  until_done() on a stream closed before its end
+    ├── BatchStoppedError                  a batch request cut short by stop()/close()
     └── APIError
         ├── APIConnectionError             the network failed (refused, reset, closed)
         │   ├── APITimeoutError            a deadline passed (handshake, silence, total)
@@ -55,6 +56,7 @@ __all__ = [
     "APITimeoutError",
     "AuthenticationError",
     "BadRequestError",
+    "BatchStoppedError",
     "ClientClosedError",
     "ConfigurationError",
     "ConflictError",
@@ -101,6 +103,13 @@ class ConversationBusyError(OAIWSError, RuntimeError):
     A conversation is a chain: each turn continues from the previous one, so two turns at
     once would fork it. Use one conversation per thread (many conversations may share one
     client), or serialise the turns yourself.
+    """
+
+
+class BatchStoppedError(OAIWSError, RuntimeError):
+    """A batch request that was in flight when the batch was stopped (``BatchRun.stop`` or
+    ``close``, Ctrl-C in ``oaiws batch``) and did not finish within the grace period: its
+    connection was closed. Its response is lost; run it again (``oaiws batch`` does on a rerun).
     """
 
 

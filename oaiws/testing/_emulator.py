@@ -11,15 +11,17 @@ import ssl
 import tempfile
 import threading
 import time
+from collections import deque
 from typing import Any, Optional, Union
 
 from oaiws.errors import ConfigurationError
 
 from ._background import BackgroundRuns
 from ._base import EmulatorBase
-from ._engine import ServerContext, Switches
+from ._engine import ARRIVALS_KEPT, ServerContext, Switches
 from ._faults import Fault, FaultQueue
 from ._options import DEFAULT_API_KEY, EmulatorOptions, check_websocket_status
+from ._ratelimit import RateLimiter
 from ._state import ResponseStore
 from ._stats import Stats
 
@@ -60,6 +62,9 @@ class Emulator(EmulatorBase):
         keyfile: Optional[str] = None,
         session_tickets: int = 2,
         websocket_status: Optional[int] = None,
+        max_requests_per_minute: Optional[float] = None,
+        max_tokens_per_minute: Optional[float] = None,
+        rate_limit_burst: float = 1.0,
     ) -> None:
         self._options = EmulatorOptions(
             api_key=api_key,
@@ -80,8 +85,17 @@ class Emulator(EmulatorBase):
             keyfile=keyfile,
             session_tickets=session_tickets,
             websocket_status=websocket_status,
+            max_requests_per_minute=max_requests_per_minute,
+            max_tokens_per_minute=max_tokens_per_minute,
+            rate_limit_burst=rate_limit_burst,
         )
         self._stats = Stats()
+        self._arrivals: deque[float] = deque(maxlen=ARRIVALS_KEPT)
+        options = self._options
+        # One budget for the emulator's life, like an account's: it survives a stop/start.
+        self._limits = RateLimiter(
+            options.max_requests_per_minute, options.max_tokens_per_minute, options.rate_limit_burst
+        )
         self._faults = FaultQueue()
         self._store = ResponseStore()
         self._switches = Switches(websocket_status=self._options.websocket_status)
@@ -237,6 +251,8 @@ class Emulator(EmulatorBase):
             self._store,
             self._background,
             switches=self._switches,
+            limits=self._limits,
+            arrivals=self._arrivals,
         )
         self._app = server.build_app(ctx)
         self._runner = web.AppRunner(
@@ -267,7 +283,14 @@ class Emulator(EmulatorBase):
         return self._stats.snapshot()
 
     def reset_stats(self) -> None:
+        """Zero the counters and forget the request times."""
         self._stats.reset()
+        self._arrivals.clear()
+
+    def request_times(self) -> list[float]:
+        """When each ``response.create`` arrived (WebSocket or HTTP, admitted or refused), as
+        ``time.monotonic()`` readings of this process, oldest first; the latest 100,000."""
+        return list(self._arrivals)
 
     def inject(self, fault: Fault, *, on: str = "request", times: int = 1) -> None:
         """Queue ``fault`` for the next ``times`` upgrades (on="connection") or requests."""

@@ -9,13 +9,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Optional, Protocol
 
 from ._faults import Fault, FaultQueue, error_code_for_status
 from ._hostile import HostilePreset, JsonEvent, PresetFrame, TextFrame, WireFrame, hostile_preset
-from ._model import CallPlan, Item, TextPlan, context_size, normalize_item, plan_response
+from ._model import (
+    CallPlan,
+    Item,
+    TextPlan,
+    context_size,
+    normalize_item,
+    plan_response,
+)
 from ._options import EmulatorOptions
+from ._ratelimit import RateLimiter, rate_limit_tokens, retry_after_headers
 from ._requests import CreateRequest, RequestError, new_id
 from ._responses import (
     finish,
@@ -60,6 +69,9 @@ class Sink(Protocol):
         :class:`ConnectionAborted`."""
 
 
+ARRIVALS_KEPT = 100_000
+
+
 @dataclass
 class Switches:
     """What may change while the emulator runs: read at each request, set from any thread
@@ -79,6 +91,9 @@ class ServerContext:
     store: ResponseStore
     background: BackgroundRuns
     switches: Switches = field(default_factory=Switches)
+    limits: RateLimiter = field(default_factory=lambda: RateLimiter(None, None, 1.0))
+    # When each response.create arrived (time.monotonic()), for tests of pacing.
+    arrivals: deque[float] = field(default_factory=lambda: deque(maxlen=ARRIVALS_KEPT))
 
 
 def fault_error(fault: Fault) -> RequestError:
@@ -94,6 +109,27 @@ def fault_error(fault: Fault) -> RequestError:
         {"retry-after": _seconds(fault.retry_after)} if fault.retry_after is not None else None
     )
     return RequestError(message, status=status, type=kind, code=code, param=None, headers=headers)
+
+
+def _admit(ctx: ServerContext, request: CreateRequest) -> None:
+    """Charge the request to the rate limits, or refuse it with 429 (see ``_ratelimit``)."""
+    limits = ctx.limits
+    if not limits.enabled:
+        return
+    tokens = rate_limit_tokens(request)
+    wait = limits.admit(tokens)
+    if wait is None:
+        ctx.stats.add("rate_limit_tokens", tokens)
+        return
+    ctx.stats.add("rate_limited")
+    raise RequestError(
+        "Rate limit reached for requests or tokens per minute. Please try again later.",
+        status=429,
+        type="requests",
+        code="rate_limit_exceeded",
+        param=None,
+        headers=retry_after_headers(wait),
+    )
 
 
 def _seconds(value: float) -> str:
@@ -180,6 +216,7 @@ async def serve(
     ``response.created`` and ``response.queued`` at once; the delays and the context's cost
     are its time in the queue, then it goes ``response.in_progress``.
     """
+    ctx.arrivals.append(time.monotonic())
     fault = request.controls.fault or fault
     if fault is not None:
         ctx.stats.add("faults_applied")
@@ -195,6 +232,7 @@ async def serve(
     try:
         if fault is not None and (fault.error_code is not None or fault.refuse_status is not None):
             raise fault_error(fault)
+        _admit(ctx, request)
         preset = _hostile_preset(fault, sink)
         prior, cached_bytes, processed = await _resolve_previous(ctx, request, cache)
     except RequestError as error:

@@ -40,6 +40,9 @@ class EmulatorOptions:
     keyfile: Optional[str] = None
     session_tickets: int = 2
     websocket_status: Optional[int] = None
+    max_requests_per_minute: Optional[float] = None
+    max_tokens_per_minute: Optional[float] = None
+    rate_limit_burst: float = 1.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.api_key, str) or not self.api_key:
@@ -53,7 +56,13 @@ class EmulatorOptions:
             raise ConfigurationError(f"port must be an integer in 0..65535, not {self.port!r}")
         _positive("max_connection_age", self.max_connection_age)
         _positive("ping_timeout", self.ping_timeout)
-        for name in ("idle_timeout", "ping_interval"):
+        _positive("rate_limit_burst", self.rate_limit_burst)
+        for name in (
+            "idle_timeout",
+            "ping_interval",
+            "max_requests_per_minute",
+            "max_tokens_per_minute",
+        ):
             value = getattr(self, name)
             if value is not None:
                 _positive(name, value)
@@ -221,6 +230,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="answer every WebSocket upgrade with this HTTP error status (e.g. 404) instead of"
         " 101, as a server without WebSocket mode does; HTTP keeps working",
     )
+    add(
+        "--max-requests-per-minute",
+        type=float,
+        default=None,
+        metavar="N",
+        help="answer 429 with retry-after beyond this many requests per minute",
+    )
+    add(
+        "--max-tokens-per-minute",
+        type=float,
+        default=None,
+        metavar="N",
+        help="answer 429 with retry-after beyond this many tokens per minute (input tokens"
+        " plus max_output_tokens)",
+    )
+    add(
+        "--rate-limit-burst",
+        type=float,
+        default=d.rate_limit_burst,
+        metavar="SECONDS",
+        help="how many seconds of either budget may arrive at once (default %(default)s)",
+    )
 
 
 def options_from_namespace(args: argparse.Namespace, api_key: str) -> EmulatorOptions:
@@ -243,4 +274,7 @@ def options_from_namespace(args: argparse.Namespace, api_key: str) -> EmulatorOp
         keyfile=args.keyfile,
         session_tickets=args.session_tickets,
         websocket_status=args.websocket_status,
+        max_requests_per_minute=args.max_requests_per_minute,
+        max_tokens_per_minute=args.max_tokens_per_minute,
+        rate_limit_burst=args.rate_limit_burst,
     )

@@ -59,6 +59,9 @@ class EmulatorProcess(EmulatorBase):
         keyfile: Optional[str] = None,
         session_tickets: int = 2,
         websocket_status: Optional[int] = None,
+        max_requests_per_minute: Optional[float] = None,
+        max_tokens_per_minute: Optional[float] = None,
+        rate_limit_burst: float = 1.0,
     ) -> None:
         self._options = EmulatorOptions(
             api_key=api_key,
@@ -79,6 +82,9 @@ class EmulatorProcess(EmulatorBase):
             keyfile=keyfile,
             session_tickets=session_tickets,
             websocket_status=websocket_status,
+            max_requests_per_minute=max_requests_per_minute,
+            max_tokens_per_minute=max_tokens_per_minute,
+            rate_limit_burst=rate_limit_burst,
         )
         self._process: Optional[subprocess.Popen[str]] = None
         # The switch's value, passed to each child that start() runs.

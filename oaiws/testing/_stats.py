@@ -34,6 +34,8 @@ STAT_KEYS = (
     "http_requests",
     "http_connections",
     "errors_sent",
+    "rate_limited",
+    "rate_limit_tokens",
     "faults_applied",
     "hostile_frames_sent",
     "connections_closed_max_age",
