@@ -159,7 +159,7 @@ def test_ctrl_c_stops_promptly_leaves_whole_lines_and_a_rerun_redoes_nothing(
 def read_whole_lines(path: Path) -> list[str]:
     if not path.exists():
         return []
-    return [line for line in path.read_text().split("\n")[:-1]]
+    return path.read_text().split("\n")[:-1]
 
 
 def test_shards_split_a_file_into_disjoint_parts_that_cover_it(
@@ -197,7 +197,7 @@ def test_standard_input_progress_lines_and_the_summary(emulator: Emulator, tmp_p
             "2",
             "--progress-interval",
             "0.2",
-        ],  # fmt: skip
+        ],
         input="".join(json.dumps(line) + "\n" for line in lines),
         env=cli_env(emulator),
         capture_output=True,
