@@ -133,3 +133,27 @@ def test_requests_run_in_shuffled_blocks_so_no_contender_keeps_its_neighbour():
         order[i + 1] for i in range(len(order) - 1) if order[i] != order[i + 1] and order[i] == "a"
     }
     assert len(followers) > 1, "a is not always followed by the same contender"
+
+
+def test_the_batch_benchmark_runs_every_contender_and_reports_its_targets(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "batch.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.batch", "--quick", "--json", str(path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=280,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    figures = json.loads(path.read_text())
+    assert set(figures["free"]) == {"sdk_pool", "oaiws_pool", "batch"}
+    assert set(figures["limited"]) == {"sdk_pool", "oaiws_pool", "batch_told", "batch_aimd"}
+    for part in ("free", "limited"):
+        for row in figures[part].values():
+            assert row["requests_per_second"] > 0 and row["cpu_us_per_request"] > 0
+    # Told the limit, the run never met a 429: pacing is correctness, not performance.
+    assert figures["limited"]["batch_told"]["rate_limited"] == 0
+    assert len(figures["targets"]) == 3 and "targets" in result.stdout

@@ -1,4 +1,5 @@
-"""The README cannot rot: its runnable examples run, and it names every public thing.
+"""The README cannot rot: its runnable examples (and those of docs/) run, and it names every
+public thing.
 
 A fenced ``python`` block whose first line is ``# runnable`` is run in a fresh interpreter with
 ``OPENAI_BASE_URL`` and ``OPENAI_API_KEY`` pointed at a running emulator, exactly as a reader
@@ -28,16 +29,22 @@ RUNNABLE = "# runnable"
 _FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.MULTILINE | re.DOTALL)
 
 
-def _blocks(language: str) -> list[str]:
-    return [body for lang, body in _FENCE.findall(README) if lang == language]
+def _blocks(language: str, text: str = README) -> list[str]:
+    return [body for lang, body in _FENCE.findall(text) if lang == language]
 
 
 def _runnable() -> list[Any]:
     params = []
-    for body in _blocks("python"):
-        if body.startswith(RUNNABLE + "\n"):
-            first_code = next(line for line in body.splitlines()[1:] if line.strip())
-            params.append(pytest.param(body, id=first_code[:40]))
+    pages = [("README", README)] + [
+        (page.stem, page.read_text(encoding="utf-8"))
+        for page in sorted((ROOT / "docs").glob("*.md"))
+    ]
+    for name, text in pages:
+        for body in _blocks("python", text):
+            if body.startswith(RUNNABLE + "\n"):
+                first_code = next(line for line in body.splitlines()[1:] if line.strip())
+                prefix = "" if name == "README" else f"{name}: "
+                params.append(pytest.param(body, id=prefix + first_code[:40]))
     return params
 
 
