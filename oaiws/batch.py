@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -439,38 +440,51 @@ class BatchRun(Iterator[BatchResult]):
             if self._workers:
                 return
             self._active = self._concurrency
+            run = weakref.ref(self)
             for number in range(self._concurrency):
                 worker = threading.Thread(
-                    target=self._work, name=f"oaiws-batch-{number}", daemon=True
+                    target=_worker, args=(run,), name=f"oaiws-batch-{number}", daemon=True
                 )
                 self._workers.append(worker)
         for worker in self._workers:
             worker.start()
 
-    def _work(self) -> None:
+    def _work_once(self) -> Union[bool, threading.Condition]:
+        """Take one request and run it: True when done with it, False when this worker is done,
+        or the condition to wait on (without the run) while the window is full."""
         try:
-            while True:
-                taken = self._take()
-                if taken is None:
-                    return
-                index, item = taken
-                result = self._run_one(index, item)
-                if result is not None:
-                    self._deliver(result)
-                elif not self._closed:
-                    # Stopped before it was sent: nothing to report, nothing lost.
-                    self._deliver(None, index=index)
-        finally:
-            with self._cond:
-                self._active -= 1
-                self._cond.notify_all()
+            taken = self._take()
+            if taken is _NO_ROOM:
+                return self._cond
+            if not isinstance(taken, tuple):
+                self._worker_exits()
+                return False
+            index: int = taken[0]
+            item: Any = taken[1]
+            result = self._run_one(index, item)
+            if result is not None:
+                self._deliver(result)
+            elif not self._closed:
+                # Stopped before it was sent: nothing to report, nothing lost.
+                self._deliver(None, index=index)
+        except BaseException:
+            self._worker_exits()
+            raise
+        return True
 
-    def _take(self) -> Optional[tuple[int, Any]]:
+    def _worker_exits(self) -> None:
         with self._cond:
-            while self._taken - self._yielded >= self._window:
+            self._active -= 1
+            self._cond.notify_all()
+
+    def _take(self) -> object:
+        """``(index, item)``; ``None`` when there is nothing more to take; ``_NO_ROOM`` while
+        the window is full."""
+        with self._cond:
+            if self._taken - self._yielded >= self._window:
                 if self._stopping.is_set() or self._closed:
                     return None
-                self._cond.wait(0.1)
+                return _NO_ROOM
             if self._stopping.is_set() or self._source_done:
                 return None
             # Counted before reading, so no other worker passes the window meanwhile.
@@ -625,6 +639,26 @@ class BatchRun(Iterator[BatchResult]):
         bar, self._progress_bar = self._progress_bar, None
         if bar is not None:
             bar.close()
+
+
+_NO_ROOM = object()
+
+
+def _worker(run_ref: weakref.ref[BatchRun]) -> None:
+    """A worker's loop. It holds its run only while it takes or runs a request, so a run that
+    its caller dropped unfinished is collected, and then its workers end; requests in flight
+    finish first."""
+    while True:
+        run = run_ref()
+        if run is None:
+            return
+        outcome = run._work_once()
+        del run
+        if outcome is False:
+            return
+        if outcome is not True:  # the window is full: wait for room, holding the run no more
+            with outcome:
+                outcome.wait(0.1)
 
 
 def _progress_sinks(progress: Any) -> tuple[Any, Optional[ProgressCallback]]:

@@ -3,6 +3,7 @@ the emulator's clock, AIMD under an emulated limit, stopping, and bad arguments.
 
 from __future__ import annotations
 
+import gc
 import statistics
 import threading
 import time
@@ -240,3 +241,25 @@ def test_bad_arguments_are_refused_before_anything_is_sent(
         with pytest.raises(ConfigurationError, match="iterable"):
             client.batch(5)  # type: ignore[arg-type]
     assert emulator.stats()["requests"] == 0
+
+
+def test_a_run_dropped_unfinished_ends_its_workers_and_frees_the_pool(emulator: Emulator) -> None:
+    def batch_threads() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name.startswith("oaiws-batch-")]
+
+    slow = {"metadata": {"emulator_first_event_delay_ms": "30"}}
+    with client_on(emulator, max_connections=4) as client:
+        emulator.reset_stats()
+        run = client.batch(questions(1000, **slow), concurrency=4)
+        first = [next(run) for _ in range(3)]
+        assert len(batch_threads()) == 4
+        del run  # no close(), no with: a caller who forgot
+        gc.collect()
+        deadline = time.monotonic() + 10
+        while batch_threads() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert batch_threads() == []
+        assert client.pool_stats()["connections_in_use"] == 0
+        sent = emulator.stats()["requests"]
+    assert all(r.ok for r in first)
+    assert sent <= 3 + 4 * 4 + 4  # what it had taken ahead: the window, and those in flight
