@@ -34,7 +34,14 @@ from ._batchfile import (
     succeeded_ids,
 )
 from ._client import Client
-from .batch import BatchProgress, BatchRun, tqdm_bar
+from .batch import (
+    BatchProgress,
+    BatchRun,
+    advance_bar,
+    check_count,
+    check_positive,
+    tqdm_bar,
+)
 from .errors import ConfigurationError, OAIWSError
 
 __all__ = ["register", "run"]
@@ -85,11 +92,15 @@ def run(args: argparse.Namespace, err: Optional[TextIO] = None) -> int:
     err = err if err is not None else sys.stderr
     try:
         shard = Shard.parse(args.shard)
-        _check_positive("--concurrency", args.concurrency, integer=True)
-        _check_positive("--progress-interval", args.progress_interval)
-        _check_positive("--max-requests-per-minute", args.max_requests_per_minute)
-        _check_positive("--max-tokens-per-minute", args.max_tokens_per_minute)
-        _check_positive("--timeout", args.timeout)
+        check_count("--concurrency", args.concurrency)
+        check_positive("--progress-interval", args.progress_interval)
+        for flag, value in (
+            ("--max-requests-per-minute", args.max_requests_per_minute),
+            ("--max-tokens-per-minute", args.max_tokens_per_minute),
+            ("--timeout", args.timeout),
+        ):
+            if value is not None:
+                check_positive(flag, value)
         if args.grace < 0:
             raise ConfigurationError("--grace must not be negative")
     except ConfigurationError as error:
@@ -231,14 +242,7 @@ class _Display:
         bar = self._bar
         if bar is None:
             return
-        progress = self._run.progress
-        bar.update(1)
-        bar.set_postfix(
-            failed=progress.failed,
-            in_flight=progress.in_flight,
-            tokens=progress.input_tokens + progress.output_tokens,
-            refresh=False,
-        )
+        advance_bar(bar, self._run.progress)
 
     def _tick(self, interval: float) -> None:
         while not self._done.wait(interval):
@@ -292,12 +296,3 @@ class _Summary:
 
 def _ms(seconds: float) -> str:
     return "-" if math.isnan(seconds) else f"{seconds * 1000:.0f} ms"
-
-
-def _check_positive(flag: str, value: Any, *, integer: bool = False) -> None:
-    if value is None:
-        return
-    if integer and (not isinstance(value, int) or value < 1):
-        raise ConfigurationError(f"{flag} must be a positive integer")
-    if not (value > 0 and math.isfinite(value)):
-        raise ConfigurationError(f"{flag} must be a positive number")

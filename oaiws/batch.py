@@ -19,6 +19,7 @@ same without yielding what is left. A result is yielded whole or not at all.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 import weakref
@@ -267,13 +268,13 @@ class BatchRun(Iterator[BatchResult]):
         runtime.check_open()
         if concurrency is None:
             concurrency = runtime.config.max_connections
-        _check_count("concurrency", concurrency)
+        check_count("concurrency", concurrency)
         for name, value in (
             ("max_requests_per_minute", max_requests_per_minute),
             ("max_tokens_per_minute", max_tokens_per_minute),
         ):
             if value is not None:
-                _check_rate(name, value)
+                check_positive(name, value)
         if not isinstance(ordered, bool):
             raise ConfigurationError("ordered must be True or False")
         try:
@@ -624,14 +625,7 @@ class BatchRun(Iterator[BatchResult]):
             return
         snapshot = self.progress
         if self._progress_bar is not None:
-            bar = self._progress_bar
-            bar.update(1)
-            bar.set_postfix(
-                failed=snapshot.failed,
-                in_flight=snapshot.in_flight,
-                tokens=snapshot.input_tokens + snapshot.output_tokens,
-                refresh=False,
-            )
+            advance_bar(self._progress_bar, snapshot)
         if self._on_progress is not None:
             self._on_progress(snapshot)
 
@@ -682,17 +676,29 @@ def tqdm_bar(**options: Any) -> Any:
     return tqdm(unit="req", dynamic_ncols=True, **options)
 
 
-def _check_count(name: str, value: Any) -> None:
+def advance_bar(bar: Any, progress: BatchProgress) -> None:
+    """One more result on a tqdm bar, with failures, requests in flight and tokens."""
+    bar.update(1)
+    bar.set_postfix(
+        failed=progress.failed,
+        in_flight=progress.in_flight,
+        tokens=progress.input_tokens + progress.output_tokens,
+        refresh=False,
+    )
+
+
+def check_count(name: str, value: Any) -> None:
+    """``ConfigurationError`` unless ``value`` is a positive integer (``name`` says which)."""
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ConfigurationError(f"{name} must be a positive integer, not {value!r}")
 
 
-def _check_rate(name: str, value: Any) -> None:
+def check_positive(name: str, value: Any) -> None:
+    """``ConfigurationError`` unless ``value`` is a positive finite number."""
     if (
         not isinstance(value, (int, float))
         or isinstance(value, bool)
-        or not value > 0
-        or value == float("inf")
+        or not (value > 0 and math.isfinite(value))
     ):
         raise ConfigurationError(f"{name} must be a positive number, not {value!r}")
 

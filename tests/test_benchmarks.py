@@ -39,11 +39,10 @@ pytest.importorskip(
 )
 
 
-@pytest.fixture(scope="module")
-def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict]:
-    path = tmp_path_factory.mktemp("bench") / "quick.json"
+def run_quick(module: str, path: Path) -> tuple[str, dict]:
+    """``python -m MODULE --quick --json PATH``: its table and its figures."""
     result = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "--quick", "--json", str(path)],
+        [sys.executable, "-m", module, "--quick", "--json", str(path)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -52,6 +51,11 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict]:
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result.stdout, json.loads(path.read_text())
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict]:
+    return run_quick("benchmarks", tmp_path_factory.mktemp("bench") / "quick.json")
 
 
 def test_the_table_names_every_scenario_contender_and_target(quick_run):
@@ -138,17 +142,7 @@ def test_requests_run_in_shuffled_blocks_so_no_contender_keeps_its_neighbour():
 def test_the_batch_benchmark_runs_every_contender_and_reports_its_targets(
     tmp_path: Path,
 ) -> None:
-    path = tmp_path / "batch.json"
-    result = subprocess.run(
-        [sys.executable, "-m", "benchmarks.batch", "--quick", "--json", str(path)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=280,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    figures = json.loads(path.read_text())
+    out, figures = run_quick("benchmarks.batch", tmp_path / "batch.json")
     assert set(figures["free"]) == {"sdk_pool", "oaiws_pool", "batch"}
     assert set(figures["limited"]) == {"sdk_pool", "oaiws_pool", "batch_told", "batch_aimd"}
     for part in ("free", "limited"):
@@ -156,4 +150,4 @@ def test_the_batch_benchmark_runs_every_contender_and_reports_its_targets(
             assert row["requests_per_second"] > 0 and row["cpu_us_per_request"] > 0
     # Told the limit, the run never met a 429: pacing is correctness, not performance.
     assert figures["limited"]["batch_told"]["rate_limited"] == 0
-    assert len(figures["targets"]) == 3 and "targets" in result.stdout
+    assert len(figures["targets"]) == 3 and "targets" in out

@@ -346,19 +346,14 @@ def test_a_hold_on_a_connection_under_care_ends_when_the_pool_closes() -> None:
     assert state.end_care(conn, True, machine.now + 1.0).close == [(conn, "closed")]
 
 
-def test_a_waiter_for_a_held_connection_under_care_waits_beside_an_unheld_idle_one() -> None:
-    # Found by the machine above: the check of holds also looked at idle connections nobody
-    # holds. Rule 5 lets this waiter wait for its own connection, back from care within
-    # milliseconds, rather than take the other one and lose its chain; never past
-    # affinity_wait.
+def waiting_for_its_connection_under_care() -> tuple[PoolMachine, Waiter, Conn, Conn]:
+    """Two connections: ``kept``, held for ``resp_c`` and under care, and ``other``, idle and
+    held for nobody; a waiter continuing ``resp_c`` arrived while ``kept`` was in care."""
     machine = PoolMachine()
     state = machine.state
-    first, second = (
-        Waiter(None, machine.now, machine.now + 1),
-        Waiter(None, machine.now, machine.now + 1),
-    )
     kept, other = Conn(machine.now), Conn(machine.now)
-    for waiter, conn in ((first, kept), (second, other)):
+    for conn in (kept, other):
+        waiter = Waiter(None, machine.now, machine.now + 1)
         state.enqueue(waiter, machine.now)
         state.opened(waiter, conn, machine.now + 50, machine.now)
         state.taken(waiter)
@@ -367,6 +362,16 @@ def test_a_waiter_for_a_held_connection_under_care_waits_beside_an_unheld_idle_o
     continuing = Waiter("resp_c", machine.now, machine.now + 5)
     state.enqueue(continuing, machine.now)
     state.release(other, None, machine.now)
+    return machine, continuing, kept, other
+
+
+def test_a_waiter_for_a_held_connection_under_care_waits_beside_an_unheld_idle_one() -> None:
+    # Found by the machine above: the check of holds also looked at idle connections nobody
+    # holds. Rule 5 lets this waiter wait for its own connection, back from care within
+    # milliseconds, rather than take the other one and lose its chain; never past
+    # affinity_wait.
+    machine, continuing, kept, other = waiting_for_its_connection_under_care()
+    state = machine.state
     assert continuing.state is QUEUED and state.idle == [other]
     state.check_invariants(machine.now)
 
@@ -376,22 +381,8 @@ def test_a_waiter_for_a_held_connection_under_care_waits_beside_an_unheld_idle_o
 
 
 def test_a_waiter_for_a_held_connection_under_care_takes_another_after_affinity_wait() -> None:
-    machine = PoolMachine()
+    machine, continuing, _, other = waiting_for_its_connection_under_care()
     state = machine.state
-    first, second = (
-        Waiter(None, machine.now, machine.now + 1),
-        Waiter(None, machine.now, machine.now + 1),
-    )
-    kept, other = Conn(machine.now), Conn(machine.now)
-    for waiter, conn in ((first, kept), (second, other)):
-        state.enqueue(waiter, machine.now)
-        state.opened(waiter, conn, machine.now + 50, machine.now)
-        state.taken(waiter)
-    state.release(kept, "resp_c", machine.now)
-    assert state.begin_care(kept)
-    continuing = Waiter("resp_c", machine.now, machine.now + 5)
-    state.enqueue(continuing, machine.now)
-    state.release(other, None, machine.now)
     later = machine.now + state.affinity_wait
     assert state.next_wake(continuing, machine.now) <= later
     state.tick(later)
