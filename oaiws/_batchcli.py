@@ -101,8 +101,8 @@ def run(args: argparse.Namespace, err: Optional[TextIO] = None) -> int:
         ):
             if value is not None:
                 check_positive(flag, value)
-        if args.grace < 0:
-            raise ConfigurationError("--grace must not be negative")
+        if not (args.grace >= 0 and math.isfinite(args.grace)):
+            raise ConfigurationError("--grace must be a non-negative number of seconds")
     except ConfigurationError as error:
         err.write(f"oaiws batch: {error}\n")
         return EXIT_USAGE
@@ -159,7 +159,7 @@ def _run_file(
             display = _Display(
                 run, todo, err, enabled=not args.no_progress, interval=args.progress_interval
             )
-            with _sigint_stops(run, args.grace, err) as stopped:
+            with _sigint_stops(run, args.grace, err) as sigint:
                 try:
                     for result in run:
                         if writer.write(result):
@@ -167,7 +167,7 @@ def _run_file(
                         display.advance()
                 finally:
                     display.close()
-                    interrupted = stopped.is_set()
+                    interrupted = sigint.stopped
             progress = run.progress
     except OAIWSError as error:
         err.write(f"oaiws batch: {error}\n")
@@ -190,13 +190,13 @@ class _sigint_stops:
         self._run = run
         self._grace = grace
         self._err = err
-        self._stopped = threading.Event()
+        self.stopped = False
         self._previous: Any = None
 
-    def __enter__(self) -> threading.Event:
+    def __enter__(self) -> _sigint_stops:
         if threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGINT, self._on_sigint)
-        return self._stopped
+        return self
 
     def __exit__(self, *exc: Any) -> None:
         if self._previous is not None:
@@ -204,14 +204,18 @@ class _sigint_stops:
 
     def _on_sigint(self, signum: int, frame: Optional[FrameType]) -> None:
         # Only assignments and the run's lock-free stop(): the main thread may hold any lock.
-        first = not self._stopped.is_set()
-        self._stopped.set()
+        first = not self.stopped
+        self.stopped = True
         self._run.stop(self._grace if first else 0.0)
         if first:
-            self._err.write(
+            # Straight to the file descriptor: the stream's buffer may be in the middle of a
+            # write of the main thread's (a progress bar), and it is not reentrant.
+            message = (
                 f"\nstopping: no new requests; those in flight get {self._grace:g}s"
                 " (Ctrl-C again to stop at once)\n"
             )
+            with contextlib.suppress(OSError, ValueError, AttributeError):
+                os.write(self._err.fileno(), message.encode())
 
 
 class _Display:

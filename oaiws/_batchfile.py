@@ -48,6 +48,7 @@ __all__ = [
     "check_input",
     "compact_errors",
     "default_errors_path",
+    "drop_cut_line",
     "read_requests",
     "result_line",
     "spool_stdin",
@@ -82,7 +83,8 @@ class Shard:
     def holds(self, custom_id: str) -> bool:
         if self.count == 1:
             return True
-        digest = hashlib.sha256(custom_id.encode("utf-8")).digest()
+        # surrogatepass: a custom_id with a lone surrogate escape still has a shard.
+        digest = hashlib.sha256(custom_id.encode("utf-8", "surrogatepass")).digest()
         return int.from_bytes(digest[:8], "big") % self.count == self.index
 
 
@@ -165,16 +167,13 @@ def read_requests(path: str, shard: Shard, skip: set[str]) -> Iterator[dict[str,
 def succeeded_ids(output_path: str) -> set[str]:
     """The ``custom_id`` of every line already in the output (every one succeeded).
 
-    A last line cut short (the machine died mid-write) is removed, so the file holds whole
-    lines only and that request runs again."""
+    A last line cut short (the machine died mid-write) is removed first, so the file holds
+    whole lines only and that request runs again."""
     done: set[str] = set()
-    if not os.path.exists(output_path):
+    if not drop_cut_line(output_path):
         return done
-    with open(output_path, "rb+") as output:
-        whole_end = 0
+    with open(output_path, "rb") as output:
         for raw in output:
-            if not raw.endswith(b"\n"):
-                break
             try:
                 custom_id = json.loads(raw)["custom_id"]
             except (ValueError, KeyError, TypeError):
@@ -183,11 +182,29 @@ def succeeded_ids(output_path: str) -> set[str]:
                     " --output, or remove that line"
                 ) from None
             done.add(custom_id)
-            whole_end += len(raw)
-        output.seek(0, os.SEEK_END)
-        if output.tell() != whole_end:
-            output.truncate(whole_end)
     return done
+
+
+def drop_cut_line(path: str) -> bool:
+    """Remove a last line without its newline (a write cut short), so that what is appended
+    next starts a line of its own. False when there is no such file."""
+    if not os.path.exists(path):
+        return False
+    with open(path, "rb+") as lines:
+        lines.seek(0, os.SEEK_END)
+        size = end = lines.tell()
+        while end > 0:
+            step = min(end, 65536)
+            lines.seek(end - step)
+            block = lines.read(step)
+            newline = block.rfind(b"\n")
+            if newline != -1:
+                end = end - step + newline + 1
+                break
+            end -= step
+        if end != size:
+            lines.truncate(end)
+    return True
 
 
 def compact_errors(errors_path: str, succeeded: set[str]) -> int:
@@ -231,6 +248,7 @@ class ResultWriter:
     def __init__(self, output_path: str, errors_path: str) -> None:
         self.output_path = output_path
         self.errors_path = errors_path
+        drop_cut_line(errors_path)  # its failures then count again: not in the output
         self._output: IO[str] = open(output_path, "a", encoding="utf-8")  # noqa: SIM115
         self._errors: Optional[IO[str]] = None
         self.succeeded: set[str] = set()
@@ -239,7 +257,8 @@ class ResultWriter:
         """Write ``result``; False when it is not written (stopped before it finished)."""
         if isinstance(result.error, BatchStoppedError):
             return False
-        line = json.dumps(result_line(result), ensure_ascii=False, separators=(",", ":"))
+        # ASCII escapes: whatever the server sent (even a lone surrogate) can be written.
+        line = json.dumps(result_line(result), separators=(",", ":"))
         if result.ok:
             target = self._output
             if result.custom_id is not None:

@@ -443,6 +443,15 @@ class Connection:
         if was_open:
             logger.debug("connection #%d closed after %.1fs", self.id, self.age)
 
+    def interrupt(self) -> None:
+        """From another thread: wake the owner out of a blocking read or write (both fail with
+        ``APIConnectionError``); the owner then closes the connection as after any failure.
+        Nothing is sent: the owner may be in the middle of a frame."""
+        sock = self._ws.sock
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
     def abandon(self) -> None:
         """Drop the socket without sending anything (in a child process after fork).
 

@@ -22,6 +22,7 @@ whatever carried them.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import importlib.util
 import logging
@@ -337,6 +338,10 @@ class _Body:
         self._timeout: Optional[float] = self._sock.gettimeout() if self._sock else None
         self._shown = shown
 
+    @property
+    def socket(self) -> Optional[socket.socket]:
+        return self._sock
+
     def read(self, deadline: float) -> bytes:
         """What has arrived (``b""`` at the end); ``APITimeoutError`` once past ``deadline``."""
         remaining = deadline - time.monotonic()
@@ -476,9 +481,13 @@ class HttpChannel:
         self._reader = _Body(response, self._shown)
 
     def _read(self, deadline: float, timeout: float) -> None:
-        assert self._reader is not None
+        reader = self._reader
+        if reader is None:  # closed meanwhile
+            raise APIConnectionError(
+                f"the stream of {self._shown} was closed", request_id=self.request_id
+            )
         try:
-            chunk = self._reader.read(deadline)
+            chunk = reader.read(deadline)
         except APITimeoutError:
             self._drop()
             raise APITimeoutError(
@@ -530,6 +539,17 @@ class HttpChannel:
     def close(self) -> None:
         """Abandon: the socket is closed, never given back with a half-read body."""
         self._drop()
+
+    def interrupt(self) -> None:
+        """From another thread: wake the owner out of a blocking read of the body (it fails
+        with ``APIConnectionError``); the owner then closes the channel as after any failure.
+        Before the answer's headers there is no socket of its own to reach: the request then
+        ends by its deadlines."""
+        reader = self._reader
+        sock = reader.socket if reader is not None else None
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
 
     def _drop(self) -> None:
         self.closed = True

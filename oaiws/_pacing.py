@@ -21,12 +21,13 @@ the account's limit instead of storming it.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections import deque
 from collections.abc import Mapping
 from typing import Any, Callable, Optional
+
+from . import _json
 
 __all__ = ["ConcurrencyLimit", "Pacer", "estimate_tokens"]
 
@@ -46,7 +47,10 @@ def estimate_tokens(fields: Mapping[str, Any]) -> int:
     size = 0
     raw = fields.get("input")
     if raw is not None:
-        size += len(json.dumps(raw, ensure_ascii=False, separators=(",", ":")).encode())
+        try:
+            size += len(_json.dumpb(raw))
+        except (TypeError, ValueError):  # not JSON as it stands: sending it would fail anyway
+            size += len(repr(raw).encode("utf-8", "replace"))
     instructions = fields.get("instructions")
     if isinstance(instructions, str):
         size += len(instructions.encode())
@@ -138,7 +142,6 @@ class ConcurrencyLimit:
         self._in_flight = 0
         self._round = 0  # bumped on every cut: a request remembers the round it started in
         self._condition = threading.Condition()
-        self._stopped = False
 
     @property
     def limit(self) -> int:
@@ -148,14 +151,15 @@ class ConcurrencyLimit:
     def in_flight(self) -> int:
         return self._in_flight
 
-    def acquire(self, stop: threading.Event) -> Optional[int]:
-        """Wait for room; the round the request starts in, or ``None`` once stopped."""
+    def acquire(self, stopped: Callable[[], bool]) -> Optional[int]:
+        """Wait for room; the round the request starts in, or ``None`` once ``stopped()``
+        (asked at least every tenth of a second)."""
         with self._condition:
             while self._in_flight >= self.limit:
-                if stop.is_set() or self._stopped:
+                if stopped():
                     return None
                 self._condition.wait(0.1)
-            if stop.is_set() or self._stopped:
+            if stopped():
                 return None
             self._in_flight += 1
             return self._round
@@ -177,8 +181,3 @@ class ConcurrencyLimit:
             self._round += 1
             self._limit = max(1.0, self._limit / 2.0)
             return True
-
-    def stop(self) -> None:
-        with self._condition:
-            self._stopped = True
-            self._condition.notify_all()

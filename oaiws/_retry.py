@@ -254,6 +254,7 @@ def run(
     deadline: Optional[float] = None,
     whole_request: bool = False,
     stats: Optional[Stats] = None,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> T:
     """Run ``attempt`` under the policy and return its result, or raise the final error.
 
@@ -261,7 +262,8 @@ def run(
     through untouched and is never retried. The first try runs before any tenacity machinery
     is built: it almost always succeeds, and a ``Retrying`` costs more to set up than the
     rest of a warm request's bookkeeping. When it fails with something worth another look,
-    tenacity takes over as if it had made that first try itself.
+    tenacity takes over as if it had made that first try itself. ``sleep`` makes the pauses
+    (a batch's wakes up when the batch stops, and raises instead).
     """
     try:
         return attempt()
@@ -299,6 +301,7 @@ def run(
         stop=_Stop(budget),
         wait=_Wait(budget),
         before_sleep=before_sleep,
+        sleep=sleep,
         reraise=True,
     )
     try:

@@ -87,7 +87,11 @@ class AttemptWatch(Protocol):
         exception that is not an ``AttemptFailed`` is never retried)."""
 
     def failed(self, error: APIError) -> None:
-        """A try failed with ``error``; the policy decides next whether to try again."""
+        """A try failed with ``error``; the policy decides next whether to try again (unless
+        this raises)."""
+
+    def sleep(self, seconds: float) -> None:
+        """The policy's pause before the next try; may raise to stop."""
 
 
 class _Request:
@@ -561,4 +565,5 @@ def collect_response(
         deadline=deadline,
         whole_request=True,
         stats=runtime.stats,
+        sleep=time.sleep if watch is None else watch.sleep,
     )

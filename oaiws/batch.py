@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 from ._pacing import ConcurrencyLimit, Pacer, estimate_tokens
+from ._retry import MAX_RETRY_AFTER
 from ._stream import collect_response
 from .errors import (
     APIError,
@@ -62,6 +63,8 @@ WINDOW_PER_WORKER = 4
 DEFAULT_GRACE = 10.0
 # Seconds the requests closed at the end of a grace period get to report their end.
 ABORT_SETTLE = 1.0
+# How often waiting workers look whether the run was stopped (stop() sets a plain flag).
+STOP_POLL = 0.1
 
 ProgressCallback = Callable[["BatchProgress"], None]
 
@@ -184,20 +187,29 @@ class _Watch:
 
     def attempt(self) -> None:
         run = self._run
-        if run._stopping.is_set():
+        if run._stop_requested:
             raise _Stopped  # nothing new goes on the wire after stop(), retries included
-        run._wait_for_pace(self.tokens)
-        if self.attempts == 0:
+        if self.attempts:
+            run._wait_for_pace(self.tokens)  # the first try waited before its deadline began
+        else:
             self.started = time.monotonic()
         self.attempts += 1
 
     def failed(self, error: APIError) -> None:
         self.last_error = error
-        if isinstance(error, APIStatusError) and error.status_code == 429:
-            if error.code == "insufficient_quota":
-                return  # not a pace problem: waiting does not fix it
+        if (
+            isinstance(error, APIStatusError)
+            and error.status_code == 429
+            and error.code != "insufficient_quota"  # waiting does not fix that one
+        ):
             self.rate_limited = True
             self._run._on_rate_limited(self.round, error.retry_after)
+        if self._run._stop_requested:
+            raise _Stopped  # no retry, and no pause before it
+
+    def sleep(self, seconds: float) -> None:
+        if self._run._sleep_unless_stopped(seconds):
+            raise _Stopped
 
     # -- the channel, for abort --------------------------------------------------------------
 
@@ -217,10 +229,14 @@ class _Watch:
 
     def abort(self) -> None:
         with self._lock:
+            if self.aborted:
+                return
             self.aborted = True
             channel, self._channel = self._channel, None
         if channel is not None:
-            channel.close()  # its owner's next read fails; the pool never gets it back
+            # Its owner's read fails at once; it then discards the channel (gave_back says
+            # so), which never goes back to the pool.
+            channel.interrupt()
 
 
 class _WatchedChannels:
@@ -266,9 +282,16 @@ class BatchRun(Iterator[BatchResult]):
         timeout: Optional[float] = None,
     ) -> None:
         runtime.check_open()
+        max_connections = runtime.config.max_connections
         if concurrency is None:
-            concurrency = runtime.config.max_connections
+            concurrency = max_connections
         check_count("concurrency", concurrency)
+        if concurrency > max_connections:
+            raise ConfigurationError(
+                f"concurrency={concurrency} is more than the client's max_connections="
+                f"{max_connections}: the extra requests would only wait for a connection (and "
+                "fail with PoolTimeoutError); raise max_connections or lower concurrency"
+            )
         for name, value in (
             ("max_requests_per_minute", max_requests_per_minute),
             ("max_tokens_per_minute", max_tokens_per_minute),
@@ -303,7 +326,7 @@ class BatchRun(Iterator[BatchResult]):
         self._workers: list[threading.Thread] = []
         self._active = 0  # workers not yet exited
         self._watches: set[_Watch] = set()
-        self._stopping = threading.Event()
+        self._stop_requested = False  # set by stop(): a plain flag, so no lock is needed
         self._abort_at: Optional[float] = None
         self._closed = False
         self._source_lock = threading.Lock()
@@ -392,14 +415,19 @@ class BatchRun(Iterator[BatchResult]):
         iterating to get their results), then their connections are closed and the iteration
         ends. Safe from any thread and from a signal handler: it takes no lock the iterating
         thread may hold."""
-        if not isinstance(grace, (int, float)) or isinstance(grace, bool) or not grace >= 0:
+        if (
+            not isinstance(grace, (int, float))
+            or isinstance(grace, bool)
+            or not (grace >= 0 and math.isfinite(grace))
+        ):
             raise ConfigurationError("grace must be a non-negative number of seconds")
         abort_at = time.monotonic() + grace
         current = self._abort_at
         if current is None or abort_at < current:
-            self._abort_at = abort_at  # one assignment: atomic, no lock
-        self._stopping.set()  # only workers wait on these two
-        self._limit.stop()
+            self._abort_at = abort_at
+        # Plain assignments only: the workers and the consumer look at these at least every
+        # tenth of a second.
+        self._stop_requested = True
 
     def close(self, grace: float = DEFAULT_GRACE) -> None:
         """``stop(grace)``, wait for the requests in flight (their results are dropped), and
@@ -462,7 +490,15 @@ class BatchRun(Iterator[BatchResult]):
                 return False
             index: int = taken[0]
             item: Any = taken[1]
-            result = self._run_one(index, item)
+            try:
+                result = self._run_one(index, item)
+            except Exception as bug:
+                # Not an error of the request's: a defect. Logged with its traceback and
+                # reported as this request's failure, so that no index goes missing.
+                log.exception("batch: request %d failed unexpectedly", index)
+                failure = OAIWSError(f"unexpected {type(bug).__name__} in the batch: {bug}")
+                failure.__cause__ = bug
+                result = BatchResult(index, None, None, failure, 0, 0.0)
             if result is not None:
                 self._deliver(result)
             elif not self._closed:
@@ -483,10 +519,10 @@ class BatchRun(Iterator[BatchResult]):
         the window is full."""
         with self._cond:
             if self._taken - self._yielded >= self._window:
-                if self._stopping.is_set() or self._closed:
+                if self._stop_requested or self._closed:
                     return None
                 return _NO_ROOM
-            if self._stopping.is_set() or self._source_done:
+            if self._stop_requested or self._source_done:
                 return None
             # Counted before reading, so no other worker passes the window meanwhile.
             self._taken += 1
@@ -512,10 +548,17 @@ class BatchRun(Iterator[BatchResult]):
             payload, _ = self._runtime.prepare(fields, None)
         except OAIWSError as refused:
             return BatchResult(index, custom_id, None, refused, 0, 0.0)
-        started_round = self._limit.acquire(self._stopping)
+        started_round = self._limit.acquire(self._stopped)
         if started_round is None:
             return None
-        watch = _Watch(self, estimate_tokens(fields), started_round)
+        tokens = estimate_tokens(payload)
+        try:
+            # Before the request's own timeout starts: waiting for its turn is not its time.
+            self._wait_for_pace(tokens)
+        except _Stopped:
+            self._limit.release(started_round, rate_limited=False)
+            return None
+        watch = _Watch(self, tokens, started_round)
         with self._cond:
             self._watches.add(watch)
         response: Optional[Response] = None
@@ -589,10 +632,23 @@ class BatchRun(Iterator[BatchResult]):
 
     # -- pacing and limits (called from workers) -------------------------------------------------
 
+    def _stopped(self) -> bool:
+        return self._stop_requested
+
     def _wait_for_pace(self, tokens: int) -> None:
         delay = self._pacer.reserve(tokens) - time.monotonic()
-        if delay > 0 and self._stopping.wait(delay):
+        if delay > 0 and self._sleep_unless_stopped(delay):
             raise _Stopped
+
+    def _sleep_unless_stopped(self, seconds: float) -> bool:
+        """Sleep ``seconds``, or less when the run stops meanwhile: True if it did."""
+        end = time.monotonic() + seconds
+        while not self._stop_requested:
+            left = end - time.monotonic()
+            if left <= 0:
+                return False
+            time.sleep(min(left, STOP_POLL))
+        return True
 
     def _on_rate_limited(self, started_round: int, retry_after: Optional[float]) -> None:
         with self._cond:
@@ -600,7 +656,9 @@ class BatchRun(Iterator[BatchResult]):
         cut = self._limit.rate_limited(started_round)
         if cut:
             self._pacer.slow_down()
-        if retry_after is not None:
+        if retry_after is not None and retry_after <= MAX_RETRY_AFTER:
+            # A longer one is not honoured by the retry policy either (it backs off instead):
+            # it would stall the whole run.
             self._pacer.pause(retry_after)
         if cut:
             log.info(

@@ -182,6 +182,9 @@ class _RunSink:
     def __init__(self, run: BackgroundRun) -> None:
         self.run = run
 
+    async def accepted(self) -> None:
+        pass  # nothing to announce before the first event
+
     async def send_event(self, event: dict[str, Any]) -> None:
         self.run.record(event)
 

@@ -52,6 +52,10 @@ class Sink(Protocol):
     def websocket(self) -> bool:
         """Whether the transport has WebSocket frames (for the WebSocket-only hostile presets)."""
 
+    async def accepted(self) -> None:
+        """The request passed its checks: a streaming HTTP answer sends its status and headers
+        now, as the service does long before the first event; other sinks do nothing."""
+
     async def send_event(self, event: dict[str, Any]) -> None: ...
 
     async def send_error(self, error: RequestError, sequence_number: int) -> None: ...
@@ -240,6 +244,7 @@ async def serve(
             cache.evict(previous, request.stream_id)
         await emitter.error(error)
         return
+    await sink.accepted()
 
     if ctx.options.input_cost_per_kb and processed:
         # Reading context costs time in proportion to its size: this is what makes a full

@@ -90,7 +90,11 @@ class RateLimiter:
 def rate_limit_tokens(request: CreateRequest) -> int:
     """What ``request`` costs against a tokens-per-minute limit (see the module docstring)."""
     raw = request.body.get("input")
-    size = len(json.dumps(raw, ensure_ascii=False, separators=(",", ":")).encode())
+    size = (
+        0
+        if raw is None
+        else len(json.dumps(raw, ensure_ascii=False, separators=(",", ":")).encode())
+    )
     size += len((request.instructions or "").encode())
     return (size + 3) // 4 + (request.max_output_tokens or 0)
 

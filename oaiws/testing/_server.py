@@ -301,6 +301,9 @@ class _HttpSink:
         self.error: Optional[RequestError] = None
         self.aborted_cleanly = False
 
+    async def accepted(self) -> None:
+        pass
+
     async def send_error(self, error: RequestError, sequence_number: int) -> None:
         self.stats.add("errors_sent")
         self.error = error
@@ -410,6 +413,9 @@ class _SseSink(_HttpSink):
             for key in keys:
                 self.stats.add(key, -1)
             raise
+
+    async def accepted(self) -> None:
+        await self.open()
 
     async def send_event(self, event: dict[str, Any]) -> None:
         await self.send_serialized(event["type"], json.dumps(event))

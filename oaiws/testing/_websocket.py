@@ -380,6 +380,9 @@ class _WebSocketSink:
                 stats.add(key, -1)
             raise
 
+    async def accepted(self) -> None:
+        pass  # nothing to announce before the first event
+
     async def send_event(self, event: dict[str, Any]) -> None:
         await self._counted(self.session.send_text(json.dumps(event)))
 

@@ -221,6 +221,7 @@ def test_standard_input_progress_lines_and_the_summary(emulator: Emulator, tmp_p
         (["--shard", "3/3"], "K must be in 0..2"),
         (["--concurrency", "0"], "--concurrency must be a positive integer"),
         (["--max-requests-per-minute", "-5"], "--max-requests-per-minute must be"),
+        (["--grace", "nan"], "--grace must be a non-negative number"),
     ],
 )
 def test_bad_usage_exits_2(
@@ -241,3 +242,41 @@ def test_a_missing_file_or_key_exits_2(emulator: Emulator, tmp_path: Path) -> No
         env=env, capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert no_key.returncode == 2 and "OPENAI_API_KEY" in no_key.stderr
+
+
+def test_a_failure_line_cut_short_by_a_crash_is_replaced_not_lost(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    failing = batch_line("b", metadata={"emulator_outcome": "failed"})
+    source = write_jsonl(tmp_path / "in.jsonl", [batch_line("a"), failing])
+    output, errors = tmp_path / "out.jsonl", tmp_path / "out.errors.jsonl"
+    errors.write_text('{"id": "batch_req_1", "custom_id": "b", "respo')  # killed mid-write
+    done = run_cli(emulator, str(source), "-o", str(output))
+    assert done.returncode == 1, done.stderr
+    failed = read_jsonl(errors)  # parses every line: the cut one is gone
+    assert [line["custom_id"] for line in failed] == ["b"]
+    assert failed[0]["error"]["code"] == "response_failed"
+    assert failed[0]["response"]["body"]["status"] == "failed"
+
+
+def test_any_custom_id_json_allows_is_written_resumed_and_sharded(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    odd = ["\ud800lone", "snow \u2603", 'quote " and \\ slash']
+    # The id stays here (it is never sent); a body with a lone surrogate is refused up front.
+    source = write_jsonl(tmp_path / "in.jsonl", [batch_line(c, input="plain") for c in odd])
+    output = tmp_path / "out.jsonl"
+    done = run_cli(emulator, str(source), "-o", str(output), "--shard", "0/1")
+    assert done.returncode == 0, done.stderr
+    assert sorted(r["custom_id"] for r in read_jsonl(output)) == sorted(odd)
+    emulator.reset_stats()
+    again = run_cli(emulator, str(source), "-o", str(output), "--shard", "0/1")
+    assert again.returncode == 0 and emulator.stats()["requests"] == 0
+    parts = [
+        run_cli(emulator, str(source), "-o", str(tmp_path / f"p{k}.jsonl"), "--shard", f"{k}/2")
+        for k in range(2)
+    ]
+    assert all(part.returncode == 0 for part in parts)
+    assert sorted(
+        r["custom_id"] for k in range(2) for r in read_jsonl(tmp_path / f"p{k}.jsonl")
+    ) == sorted(odd)

@@ -14,7 +14,7 @@ import pytest
 from batchsupport import batch_line
 
 import oaiws
-from oaiws import BatchProgress, BatchResult, BatchStoppedError, ConfigurationError
+from oaiws import BatchProgress, BatchResult, BatchStoppedError, ConfigurationError, _retry
 from oaiws.testing import Emulator, Fault
 
 
@@ -158,11 +158,14 @@ def test_stop_starts_nothing_new_and_yields_what_was_in_flight(emulator: Emulato
         run = client.batch(questions(100, **slow), concurrency=4)
         first = next(run)
         run.stop(grace=10)
+        stopped_at = time.monotonic()
         rest = list(run)
-        sent = emulator.stats()["requests"]
+        arrivals = emulator.request_times()
         assert client.create_response(model="gpt-test", input="after").status == "completed"
     assert first.ok and all(r.ok for r in rest)
-    assert 1 + len(rest) == sent <= 1 + 4 + 4  # the in-flight ones, nothing started after
+    assert 1 + len(rest) == len(arrivals)  # everything sent was yielded
+    # Nothing was sent after stop(): 50 ms covers a request sent just before it on its way.
+    assert [t for t in arrivals if t > stopped_at + 0.05] == []
     assert len(rest) >= 1
 
 
@@ -244,9 +247,6 @@ def test_bad_arguments_are_refused_before_anything_is_sent(
 
 
 def test_a_run_dropped_unfinished_ends_its_workers_and_frees_the_pool(emulator: Emulator) -> None:
-    def batch_threads() -> list[threading.Thread]:
-        return [t for t in threading.enumerate() if t.name.startswith("oaiws-batch-")]
-
     slow = {"metadata": {"emulator_first_event_delay_ms": "30"}}
     with client_on(emulator, max_connections=4) as client:
         emulator.reset_stats()
@@ -263,3 +263,101 @@ def test_a_run_dropped_unfinished_ends_its_workers_and_frees_the_pool(emulator: 
         sent = emulator.stats()["requests"]
     assert all(r.ok for r in first)
     assert sent <= 3 + 4 * 4 + 4  # what it had taken ahead: the window, and those in flight
+
+
+class TypedMessage:
+    """An input item as the openai package types them: ``model_dump()``, nothing JSON knows."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def model_dump(self, exclude_none: bool = False) -> dict[str, Any]:
+        return {"role": "user", "content": self.text}
+
+
+@pytest.mark.parametrize("ordered", [False, True])
+def test_typed_input_items_are_estimated_paced_and_answered(
+    emulator: Emulator, ordered: bool
+) -> None:
+    requests = [{"model": "gpt-test", "input": [TypedMessage(f"q{i}")]} for i in range(12)]
+    with client_on(emulator, max_connections=4) as client:
+        results = list(
+            client.batch(requests, concurrency=4, ordered=ordered, max_tokens_per_minute=600_000)
+        )
+    assert sorted(r.index for r in results) == list(range(12))
+    assert all(r.ok for r in results), [r.error for r in results]
+
+
+def test_waiting_for_its_turn_does_not_count_against_a_requests_timeout(
+    emulator: Emulator,
+) -> None:
+    with client_on(emulator, max_connections=4) as client:
+        started = time.monotonic()
+        results = list(
+            client.batch(questions(6), concurrency=4, max_requests_per_minute=240, timeout=1.0)
+        )
+        elapsed = time.monotonic() - started
+    assert elapsed >= 1.2  # 5 intervals of 0.25 s: the later ones waited longer than 1 s
+    assert all(r.ok and r.attempts == 1 for r in results), [r.error for r in results]
+
+
+def test_concurrency_beyond_the_pool_is_refused(emulator: Emulator) -> None:
+    client = client_on(emulator, max_connections=2)
+    with client, pytest.raises(ConfigurationError, match="more than the client's max_connections"):
+        client.batch(questions(3), concurrency=8)
+
+
+def test_a_retry_after_too_long_to_honour_does_not_stall_the_run(emulator: Emulator) -> None:
+    with client_on(emulator, max_connections=2) as client:
+        emulator.inject(Fault(error_code="rate_limit_exceeded", retry_after=3600))
+        started = time.monotonic()
+        results = list(client.batch(questions(10), concurrency=2))
+        elapsed = time.monotonic() - started
+    assert all(r.ok for r in results)
+    assert sum(r.attempts for r in results) == 11
+    assert elapsed < 10  # the policy backs off instead of waiting an hour, and so does pacing
+
+
+def test_stop_ends_a_retry_pause_at_once(
+    emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_retry, "INITIAL_BACKOFF", 30.0)  # a pause nobody waits out here
+    monkeypatch.setattr(_retry, "MAX_BACKOFF", 30.0)
+    with client_on(emulator, max_connections=1) as client:
+        emulator.inject(Fault(error_code="server_error"))
+        run = client.batch(questions(1), concurrency=1)
+        timer = threading.Timer(0.5, run.stop, kwargs={"grace": 60})
+        started = time.monotonic()
+        timer.start()
+        results = list(run)
+        timer.join()
+        elapsed = time.monotonic() - started
+    assert elapsed < 3
+    assert len(results) == 1 and results[0].attempts == 1
+    assert isinstance(results[0].error, oaiws.InternalServerError)  # its last failure stands
+
+
+def test_over_http_too_requests_in_flight_are_closed_after_the_grace_period(
+    emulator: Emulator,
+) -> None:
+    stuck = {"metadata": {"emulator_first_event_delay_ms": "20000"}}
+    with client_on(emulator, max_connections=3, transport="http") as client:
+        run = client.batch(questions(3, **stuck), concurrency=3)
+        timer = threading.Timer(0.5, run.stop, kwargs={"grace": 0.3})
+        started = time.monotonic()
+        timer.start()
+        results = list(run)
+        timer.join()
+        elapsed = time.monotonic() - started
+        deadline = time.monotonic() + 5
+        while batch_threads() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert batch_threads() == []
+        assert client.create_response(model="gpt-test", input="after").status == "completed"
+    assert elapsed < 5
+    assert len(results) == 3
+    assert all(isinstance(r.error, BatchStoppedError) for r in results)
+
+
+def batch_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("oaiws-batch-")]
