@@ -169,16 +169,35 @@ def test_stop_starts_nothing_new_and_yields_what_was_in_flight(emulator: Emulato
     assert len(rest) >= 1
 
 
-def test_after_the_grace_period_requests_in_flight_are_closed(emulator: Emulator) -> None:
-    stuck = {"metadata": {"emulator_first_event_delay_ms": "20000"}}
-    with client_on(emulator, max_connections=3) as client:
-        run = client.batch(questions(3, **stuck), concurrency=3)
-        timer = threading.Timer(0.5, run.stop, kwargs={"grace": 0.3})
-        started = time.monotonic()
-        timer.start()
+def stopped_after(run: oaiws.BatchRun, seconds: float, grace: float) -> tuple[list[Any], float]:
+    """Iterate ``run`` to its end while another thread calls ``stop(grace)`` after
+    ``seconds``: the results, and how long the iteration took."""
+    timer = threading.Timer(seconds, run.stop, kwargs={"grace": grace})
+    started = time.monotonic()
+    timer.start()
+    try:
         results = list(run)
+    finally:
         timer.join()
-        elapsed = time.monotonic() - started
+    return results, time.monotonic() - started
+
+
+def batch_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("oaiws-batch-")]
+
+
+@pytest.mark.parametrize("transport", ["websocket", "http"])
+def test_after_the_grace_period_requests_in_flight_are_closed(
+    emulator: Emulator, transport: str
+) -> None:
+    stuck = {"metadata": {"emulator_first_event_delay_ms": "20000"}}
+    with client_on(emulator, max_connections=3, transport=transport) as client:
+        run = client.batch(questions(3, **stuck), concurrency=3)
+        results, elapsed = stopped_after(run, 0.5, grace=0.3)
+        deadline = time.monotonic() + 5
+        while batch_threads() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert batch_threads() == []
         assert client.pool_stats()["connections_in_use"] == 0
         assert client.create_response(model="gpt-test", input="after").status == "completed"
     assert elapsed < 5
@@ -326,38 +345,7 @@ def test_stop_ends_a_retry_pause_at_once(
     with client_on(emulator, max_connections=1) as client:
         emulator.inject(Fault(error_code="server_error"))
         run = client.batch(questions(1), concurrency=1)
-        timer = threading.Timer(0.5, run.stop, kwargs={"grace": 60})
-        started = time.monotonic()
-        timer.start()
-        results = list(run)
-        timer.join()
-        elapsed = time.monotonic() - started
+        results, elapsed = stopped_after(run, 0.5, grace=60)
     assert elapsed < 3
     assert len(results) == 1 and results[0].attempts == 1
     assert isinstance(results[0].error, oaiws.InternalServerError)  # its last failure stands
-
-
-def test_over_http_too_requests_in_flight_are_closed_after_the_grace_period(
-    emulator: Emulator,
-) -> None:
-    stuck = {"metadata": {"emulator_first_event_delay_ms": "20000"}}
-    with client_on(emulator, max_connections=3, transport="http") as client:
-        run = client.batch(questions(3, **stuck), concurrency=3)
-        timer = threading.Timer(0.5, run.stop, kwargs={"grace": 0.3})
-        started = time.monotonic()
-        timer.start()
-        results = list(run)
-        timer.join()
-        elapsed = time.monotonic() - started
-        deadline = time.monotonic() + 5
-        while batch_threads() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert batch_threads() == []
-        assert client.create_response(model="gpt-test", input="after").status == "completed"
-    assert elapsed < 5
-    assert len(results) == 3
-    assert all(isinstance(r.error, BatchStoppedError) for r in results)
-
-
-def batch_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name.startswith("oaiws-batch-")]
