@@ -130,16 +130,26 @@ class Client:
         payload, seconds = self._runtime.prepare(fields, timeout)
         return collect_response(self._runtime, payload, timeout=seconds)
 
-    def conversation(self, *, timeout: Optional[float] = None, **defaults: Any) -> Conversation:
+    def conversation(
+        self,
+        *,
+        timeout: Optional[float] = None,
+        state: Optional[Mapping[str, Any]] = None,
+        **defaults: Any,
+    ) -> Conversation:
         """A multi-turn conversation that keeps its transcript and chains its turns.
 
         ``defaults`` are ``response.create`` fields sent with every turn (``model`` required;
         ``instructions``, ``tools``, ``store``, ...); ``timeout`` bounds each turn. Turns
         continue on the connection holding the previous response and replay the transcript
-        when that is not possible; see ``Conversation``. Checked now, nothing is sent.
+        when that is not possible; see ``Conversation``. ``state``: resume a conversation
+        saved with ``conv.state()``, here or in another process (its fields come from the
+        state). Checked now, nothing is sent.
         """
         self._runtime.check_open()
-        return Conversation(self._runtime, timeout=Runtime.check_timeout(timeout), **defaults)
+        return Conversation(
+            self._runtime, timeout=Runtime.check_timeout(timeout), state=state, **defaults
+        )
 
     def warm(self, *, timeout: Optional[float] = None, **fields: Any) -> Response:
         """Warm a connection up: ``generate: false`` with these fields (``model``,

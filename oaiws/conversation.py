@@ -27,6 +27,7 @@ import weakref
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Optional, Union
 
+from . import _json
 from ._frames import MAX_NESTING, nested_deeper_than
 from ._payload import build_payload
 from ._stream import ResponseStream, collect_response
@@ -53,6 +54,9 @@ _MANAGED_FIELDS = {
     "conversation": "a server-side conversation and a local transcript cannot be combined: "
     "remove conversation=",
 }
+
+# The layout of Conversation.state(); a state of another version is refused.
+STATE_VERSION = 1
 
 # A response the chain may continue from; a failed one is not part of the conversation.
 _KEPT_STATUSES = ("completed", "incomplete")
@@ -87,16 +91,37 @@ class Conversation:
     """
 
     def __init__(
-        self, runtime: Runtime, *, timeout: Optional[float] = None, **defaults: Any
+        self,
+        runtime: Runtime,
+        *,
+        timeout: Optional[float] = None,
+        state: Optional[Mapping[str, Any]] = None,
+        **defaults: Any,
     ) -> None:
+        history: list[dict[str, Any]] = []
+        last_response_id: Optional[str] = None
+        complete = True
+        if state is not None:
+            if defaults:
+                raise ConfigurationError(
+                    "a resumed conversation takes its fields from its state: pass state= alone"
+                    f" (got also {', '.join(sorted(defaults))})"
+                )
+            defaults, last_response_id, transcript = _from_state(state)
+            complete = transcript is not None or last_response_id is None
+            history = transcript or []
         _refuse_managed(defaults)
         # Checked now, before any traffic: a bad default fails here, not at the first turn.
         build_payload({**defaults, "input": []})
         self._runtime = runtime
         self._defaults = dict(defaults)
         self._timeout = timeout
-        self._history: list[dict[str, Any]] = []
+        self._history = history
+        # False when resumed without its transcript (store not false): the chain is then only
+        # on the server, and a turn it cannot find there fails instead of replaying half of it.
+        self._complete = complete
         self._chain = _Chain()
+        self._chain.last_response_id = last_response_id
         self._busy = threading.Lock()
         # Dropped without close(): the connection held for the next turn goes back at the
         # pool's next step (a finalizer may only queue it: see Pool.release_hold).
@@ -122,6 +147,40 @@ class Conversation:
     def defaults(self) -> dict[str, Any]:
         """The fields sent with every turn (a copy)."""
         return copy.deepcopy(self._defaults)
+
+    def state(self, *, transcript: Optional[bool] = None) -> dict[str, Any]:
+        """The conversation as plain JSON data, to resume it in any process of any machine
+        with ``client.conversation(state=...)`` (same client settings).
+
+        It holds the fields sent with every turn, the id the next turn continues from and,
+        where a replay may need it, the transcript: by default only with ``store=False`` (the
+        server keeps nothing; a resumed turn replays it), since with storage on a resumed
+        turn continues from the stored response. ``transcript=True`` keeps it anyway (a
+        stored response can expire), ``transcript=False`` never. Items are kept as a replay
+        sends them (with ``store=False``: without ids, reasoning only with its encrypted
+        content). Not during a turn (``ConversationBusyError``).
+        """
+        with self._turn():
+            state: dict[str, Any] = {
+                "version": STATE_VERSION,
+                "defaults": self._defaults,
+                "last_response_id": self._chain.last_response_id,
+            }
+            keep = self._defaults.get("store") is False if transcript is None else transcript
+            if keep:
+                if not self._complete:
+                    raise ConfigurationError(
+                        "this conversation was resumed without its transcript: it cannot "
+                        "save one (use transcript=False)"
+                    )
+                state["transcript"] = self._replay_input([], self._defaults.get("store"))
+            try:
+                plain: dict[str, Any] = _json.loads(_json.dumps(state))
+            except (TypeError, ValueError) as error:
+                raise ConfigurationError(
+                    f"the conversation's fields cannot be saved as JSON: {error}"
+                ) from None
+            return plain
 
     # -- turns ------------------------------------------------------------------------
 
@@ -232,6 +291,8 @@ class Conversation:
             "input": items,
             "previous_response_id": self._chain.last_response_id,
         }
+        if not self._complete:
+            return continuation, None  # no transcript here to replay: only the server's chain
         return continuation, build_payload(full)
 
     def _replay_input(self, items: list[dict[str, Any]], store: Any) -> list[dict[str, Any]]:
@@ -306,6 +367,36 @@ class _StreamTurn:
         busy, self._busy = self._busy, None
         if busy is not None:
             busy.__exit__()
+
+
+def _from_state(
+    state: Any,
+) -> tuple[dict[str, Any], Optional[str], Optional[list[dict[str, Any]]]]:
+    """``(defaults, last_response_id, transcript or None)`` of a saved state, checked."""
+    if not isinstance(state, Mapping):
+        raise ConfigurationError(
+            f"state must be a dict from Conversation.state(), not {type(state).__name__}"
+        )
+    if state.get("version") != STATE_VERSION:
+        raise ConfigurationError(
+            f"state version {state.get('version')!r} is not one this oaiws reads ({STATE_VERSION})"
+        )
+    unknown = sorted(set(state) - {"version", "defaults", "last_response_id", "transcript"})
+    if unknown:
+        raise ConfigurationError(f"state has unknown keys: {', '.join(unknown)}")
+    defaults = state.get("defaults")
+    if not isinstance(defaults, Mapping):
+        raise ConfigurationError("state['defaults'] must be a dict of fields")
+    last = state.get("last_response_id")
+    if last is not None and (not isinstance(last, str) or not last):
+        raise ConfigurationError("state['last_response_id'] must be a response id or None")
+    transcript = state.get("transcript")
+    if transcript is not None and (
+        not isinstance(transcript, list) or not all(isinstance(i, Mapping) for i in transcript)
+    ):
+        raise ConfigurationError("state['transcript'] must be a list of items")
+    items = [copy.deepcopy(dict(item)) for item in transcript] if transcript is not None else None
+    return copy.deepcopy(dict(defaults)), last, items
 
 
 def _refuse_managed(fields: Mapping[str, Any]) -> None:
