@@ -64,7 +64,7 @@ class Client:
         pool_timeout: float = 30.0,
         connect_timeout: float = 10.0,
         read_timeout: float = 600.0,
-        max_connection_age: float = 3600.0,
+        max_connection_age: Optional[float] = None,
         connection_age_margin: float = 300.0,
         idle_timeout: Optional[float] = 300.0,
         ping_interval: Optional[float] = 20.0,

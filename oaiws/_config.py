@@ -65,6 +65,21 @@ def _user_agent() -> str:
     )
 
 
+# Connection lifetimes that endpoints document, by host: used when max_connection_age is not
+# given. OpenAI (and anything unknown): one hour.
+DEFAULT_CONNECTION_AGE = 3600.0
+KNOWN_CONNECTION_AGES = {
+    "api.x.ai": 25 * 60.0,  # xAI: 25 minutes
+    "ai-gateway.vercel.sh": 13 * 60.0,  # Vercel AI Gateway: about 13 minutes
+}
+
+
+def known_connection_age(base_url: str) -> float:
+    """The documented connection lifetime of the endpoint at ``base_url``."""
+    host = (urlsplit(base_url).hostname or "").lower()
+    return KNOWN_CONNECTION_AGES.get(host, DEFAULT_CONNECTION_AGE)
+
+
 def websocket_url_from_base(base_url: str) -> str:
     """Derive the WebSocket URL from an HTTP base URL (PROTOCOL.md section 1).
 
@@ -233,7 +248,7 @@ class ClientConfig:
         pool_timeout: float = 30.0,
         connect_timeout: float = 10.0,
         read_timeout: float = 600.0,
-        max_connection_age: float = 3600.0,
+        max_connection_age: Optional[float] = None,
         connection_age_margin: float = 300.0,
         idle_timeout: Optional[float] = 300.0,
         ping_interval: Optional[float] = 20.0,
@@ -315,6 +330,8 @@ class ClientConfig:
                 f"(got {affinity_wait!r})"
             )
 
+        if max_connection_age is None:
+            max_connection_age = known_connection_age(resolved_base)
         age = _seconds("max_connection_age", max_connection_age)
         if isinstance(connection_age_margin, bool) or not isinstance(
             connection_age_margin, (int, float)

@@ -165,3 +165,28 @@ def test_age_margin_is_clamped_for_short_ages() -> None:
     assert ClientConfig.resolve().effective_age_margin == 300.0
     assert ClientConfig.resolve(max_connection_age=780.0).effective_age_margin == 195.0
     assert ClientConfig.resolve(max_connection_age=4.0).effective_age_margin == 1.0
+
+
+@pytest.mark.parametrize(
+    ("base_url", "age"),
+    [
+        ("https://api.x.ai/v1", 1500.0),
+        ("https://ai-gateway.vercel.sh/v1", 780.0),
+        ("https://api.openai.com/v1", 3600.0),
+        ("https://my-resource.openai.azure.com/openai/v1", 3600.0),
+        ("http://127.0.0.1:8765/v1", 3600.0),
+    ],
+)
+def test_known_endpoints_get_their_documented_connection_lifetime(
+    base_url: str, age: float
+) -> None:
+    config = ClientConfig.resolve(api_key="sk-x", base_url=base_url)
+    assert config.max_connection_age == age
+    assert config.effective_age_margin <= age * 0.25  # rotation still comes well before the limit
+
+
+def test_a_given_connection_lifetime_wins_over_the_known_one() -> None:
+    config = ClientConfig.resolve(
+        api_key="sk-x", base_url="https://api.x.ai/v1", max_connection_age=600
+    )
+    assert config.max_connection_age == 600.0

@@ -16,9 +16,9 @@ TURNS = [f"turn {n}: tell me more about pools" for n in range(6)]
 
 
 def answers_uninterrupted(emulator: Emulator, **defaults: Any) -> list[str]:
-    with oaiws.Client(api_key=emulator.api_key, base_url=emulator.base_url) as client:
-        with client.conversation(**defaults) as conv:
-            return [conv.send(text).output_text for text in TURNS]
+    client = oaiws.Client(api_key=emulator.api_key, base_url=emulator.base_url)
+    with client, client.conversation(**defaults) as conv:
+        return [conv.send(text).output_text for text in TURNS]
 
 
 @pytest.mark.parametrize("store", [True, False])
