@@ -279,8 +279,10 @@ async def serve(
         )
         if not request.background:
             await emitter.event({"type": "response.created", "response": response})
-        await emitter.event({"type": "response.completed", "response": done})
+        # Stored before the client can read the terminal event, as the service does: the next
+        # turn, sent the moment it arrives (from any process), finds it.
         _remember(ctx, request, cache, done, context)
+        await emitter.event({"type": "response.completed", "response": done})
         ctx.stats.add("warmups")
         ctx.stats.add("responses_completed")
         return
@@ -335,8 +337,8 @@ async def serve(
         usage=usage(input_bytes, cached_bytes, limit),
         incomplete_reason=reason,
     )
+    _remember(ctx, request, cache, done, context)  # before the client can read it (above)
     await emitter.event({"type": f"response.{status}", "response": done})
-    _remember(ctx, request, cache, done, context)
     ctx.stats.add("responses_incomplete" if reason else "responses_completed")
 
 
@@ -380,9 +382,9 @@ async def _serve_hostile(
         return
     done = finish(response, status="completed", output=[], usage=used)
     if preset.terminal is None:
+        _remember(ctx, request, cache, done, context)
         await emitter.event({"type": "response.completed", "response": done})
         ctx.stats.add("responses_completed")
-        _remember(ctx, request, cache, done, context)
         return
     terminal = preset.terminal(done)
     await emitter.hostile(terminal)

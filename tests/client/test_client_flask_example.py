@@ -15,8 +15,9 @@ import pytest
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "flask_app.py"
 
 
-def _load(monkeypatch: pytest.MonkeyPatch, emulator: Any) -> ModuleType:
+def _load(monkeypatch: pytest.MonkeyPatch, emulator: Any, tmp_path: Path) -> ModuleType:
     pytest.importorskip("flask")
+    monkeypatch.setenv("OAIWS_CHAT_DB", str(tmp_path / "chats.sqlite3"))  # not the real temp dir
     monkeypatch.setenv("OPENAI_BASE_URL", emulator.base_url)
     monkeypatch.setenv("OPENAI_API_KEY", emulator.api_key)
     spec = importlib.util.spec_from_file_location("flask_app_example", EXAMPLE)
@@ -26,8 +27,10 @@ def _load(monkeypatch: pytest.MonkeyPatch, emulator: Any) -> ModuleType:
     return module
 
 
-def test_view_streams_the_text(monkeypatch: pytest.MonkeyPatch, oaiws_emulator: Any) -> None:
-    example = _load(monkeypatch, oaiws_emulator)
+def test_view_streams_the_text(
+    monkeypatch: pytest.MonkeyPatch, oaiws_emulator: Any, tmp_path: Path
+) -> None:
+    example = _load(monkeypatch, oaiws_emulator, tmp_path)
     try:
         web = example.app.test_client()
         for prompt in ("Hello", "Again"):
@@ -44,9 +47,9 @@ def test_view_streams_the_text(monkeypatch: pytest.MonkeyPatch, oaiws_emulator: 
 
 
 def test_a_reader_leaving_early_closes_the_connection(
-    monkeypatch: pytest.MonkeyPatch, oaiws_emulator: Any
+    monkeypatch: pytest.MonkeyPatch, oaiws_emulator: Any, tmp_path: Path
 ) -> None:
-    example = _load(monkeypatch, oaiws_emulator)
+    example = _load(monkeypatch, oaiws_emulator, tmp_path)
     try:
         web = example.app.test_client()
         answer = web.post("/ask", json={"prompt": "Hello"}, buffered=False)
