@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from typing import Any, Callable
 
 import pytest
-from support import wait_for
+from waiting import wait_for
 
 from oaiws import (
     APIConnectionError,

@@ -13,7 +13,7 @@ import time
 from typing import Any, Callable, Optional
 
 import pytest
-from support import wait_for
+from waiting import wait_for
 
 from oaiws import APIConnectionError, ClientClosedError, PoolTimeoutError
 from oaiws._config import ClientConfig

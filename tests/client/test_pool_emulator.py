@@ -11,7 +11,7 @@ import time
 from typing import Any, Callable
 
 import pytest
-from support import wait_for
+from waiting import wait_for
 
 from oaiws import AuthenticationError
 from oaiws._config import ClientConfig

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from support import wait_for
+from waiting import wait_for
 
 import oaiws
 

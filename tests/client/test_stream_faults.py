@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 import pytest
-from support import wait_for
+from waiting import wait_for
 
 import oaiws
 from oaiws import _retry

@@ -1,12 +1,11 @@
-"""Helpers shared by the emulator's tests: a thin websocket-client wrapper and waiting on
-conditions with deadlines (never sleeping in place of synchronisation)."""
+"""Helpers shared by the emulator's tests: a thin websocket-client wrapper (waiting on a
+condition with a deadline is ``waiting.wait_for``, shared by every test folder)."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import struct
-import time
 from collections.abc import Iterator
 from typing import Any, Callable, Optional
 
@@ -36,17 +35,6 @@ OPENAI_MISSING = (
     "the official openai SDK with WebSocket mode is not installed: it needs Python 3.10+ "
     "(openai>=3.22), and the test extra installs it there"
 )
-
-
-def wait_for(condition: Callable[[], Any], timeout: float = 5.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.005)
 
 
 class Client:

@@ -17,10 +17,11 @@ from typing import Any, Optional
 
 import pytest
 import requests
+from waiting import wait_for
 
 from oaiws.testing import Emulator, Fault, expected_text
 
-from .conftest import KEY, Client, text_of, wait_for
+from .conftest import KEY, Client, text_of
 
 AUTH = {"Authorization": f"Bearer {KEY}"}
 

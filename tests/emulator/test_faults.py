@@ -8,10 +8,11 @@ import time
 
 import pytest
 import websocket
+from waiting import wait_for
 
 from oaiws.testing import EmulatorProcess, Fault
 
-from .conftest import Client, final, wait_for
+from .conftest import Client, final
 
 
 def _refused(url: str) -> websocket.WebSocketBadStatusException:

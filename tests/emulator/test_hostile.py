@@ -15,12 +15,13 @@ import time
 import pytest
 import requests
 import websocket
+from waiting import wait_for
 
 import oaiws.testing
 from oaiws.errors import ConfigurationError
 from oaiws.testing import HOSTILE_FRAMES, Fault
 
-from .conftest import KEY, TEXT_TURN, wait_for
+from .conftest import KEY, TEXT_TURN
 
 AUTH = {"Authorization": f"Bearer {KEY}"}
 

@@ -11,10 +11,11 @@ import sys
 import threading
 
 import pytest
+from waiting import wait_for
 
 from oaiws.testing import Emulator, EmulatorProcess
 
-from .conftest import Client, final, wait_for
+from .conftest import Client, final
 
 
 def _threads() -> set[threading.Thread]:

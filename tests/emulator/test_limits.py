@@ -5,8 +5,9 @@ from __future__ import annotations
 import time
 
 import websocket
+from waiting import wait_for
 
-from .conftest import Client, final, wait_for
+from .conftest import Client, final
 
 
 def test_max_age_sends_limit_reached_then_closes_1001(oaiws_emulator_factory):

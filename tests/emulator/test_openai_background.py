@@ -6,8 +6,9 @@ is validated strictly into the SDK's typed objects."""
 from __future__ import annotations
 
 import pytest
+from waiting import wait_for
 
-from .conftest import OPENAI_MISSING, wait_for
+from .conftest import OPENAI_MISSING
 
 pytest.importorskip("openai.lib.responses_websocket", reason=OPENAI_MISSING)
 
