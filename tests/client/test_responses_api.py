@@ -10,7 +10,8 @@ import time
 from typing import Any, Callable
 
 import pytest
-from support import Answer, RawRequest, RawServer, wait_for
+from support import Answer, RawRequest, RawServer
+from waiting import wait_for
 
 import oaiws
 from oaiws import _retry
