@@ -88,18 +88,22 @@ app.conf.update(_celery_config())
 
 @app.task(bind=True, max_retries=MAX_RETRIES)
 def ask(self: Task, prompt: str) -> str:
-    """The model's answer to ``prompt``; a 429 is retried by Celery, anything else fails."""
+    """The model's answer to ``prompt``. What the client would have retried itself (a 429, a
+    5xx, a lost connection or a timeout) is retried by Celery; anything else fails the task."""
     try:
         response = client.create_response(model=MODEL, input=prompt, timeout=120.0)
     except oaiws.RateLimitError as error:
         if error.code == "insufficient_quota":
             raise  # no pause refills a quota: retrying would only spend the budget
         raise self.retry(exc=error, countdown=_countdown(error, self.request.retries)) from error
+    except (oaiws.InternalServerError, oaiws.APIConnectionError) as error:
+        # max_retries=0 turned the client's own retries off for these too.
+        raise self.retry(exc=error, countdown=_countdown(error, self.request.retries)) from error
     return response.output_text
 
 
-def _countdown(error: oaiws.RateLimitError, retries: int) -> float:
-    if error.retry_after is not None:
+def _countdown(error: oaiws.APIError, retries: int) -> float:
+    if isinstance(error, oaiws.APIStatusError) and error.retry_after is not None:
         return min(error.retry_after, MAX_COUNTDOWN)
     # Jittered downwards, so that tasks limited together do not all come back together.
     return min(BACKOFF * 2**retries, MAX_COUNTDOWN) * random.uniform(0.75, 1.0)

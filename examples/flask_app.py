@@ -3,7 +3,8 @@
 Endpoints:
 
 - ``POST /ask`` ``{"prompt": "..."}``: the answer as ``text/plain``, token by token. A browser
-  that hangs up closes the upstream WebSocket, which stops the server generating the rest.
+  that hangs up closes the upstream WebSocket, which stops the server generating the rest
+  (noticed at the next text chunk that cannot be written).
 - ``POST /chat`` ``{"message": "..."}``: the next turn of this browser's conversation, streamed
   the same way. The Flask session cookie holds only the chat's id; the conversation's state
   (``conv.state()``, plain JSON) lives in a sqlite file that every worker process shares, so
@@ -36,7 +37,7 @@ import os
 import secrets
 import sqlite3
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from contextlib import closing, contextmanager
 from typing import Any, Optional
 
@@ -45,8 +46,23 @@ from flask import Flask, Response, jsonify, request, session
 import oaiws
 
 MODEL = os.environ.get("OAIWS_MODEL", "gpt-5.5")
+
+
+def _private_dir(name: str) -> str:
+    """A directory only this user can read: the chats and the cookie secret live there."""
+    user = os.getuid() if hasattr(os, "getuid") else 0
+    path = os.path.join(tempfile.gettempdir(), f"{name}-{user}")
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    info = os.stat(path)
+    if hasattr(os, "getuid") and (info.st_uid != user or info.st_mode & 0o077):
+        # Someone else made it (or opened it up): they could read the chats or plant a
+        # cookie secret they know.
+        raise RuntimeError(f"{path} is not private to this user: remove it or set OAIWS_CHAT_DB")
+    return path
+
+
 CHAT_DB = os.environ.get("OAIWS_CHAT_DB") or os.path.join(
-    tempfile.gettempdir(), "oaiws-flask-chats.sqlite3"
+    _private_dir("oaiws-flask"), "chats.sqlite3"
 )
 TIMEOUT = 120.0  # seconds for a whole answer: pool wait, retries and reading
 
@@ -101,6 +117,11 @@ def _load_state(chat_id: str) -> Optional[dict[str, Any]]:
     return None if row is None else dict(json.loads(row[0]))
 
 
+def _forget_state(chat_id: str) -> None:
+    with _chat_db() as db:
+        db.execute("DELETE FROM chats WHERE id = ?", (chat_id,))
+
+
 def _save_state(chat_id: str, state: dict[str, Any]) -> None:
     with _chat_db() as db:
         db.execute(
@@ -122,9 +143,15 @@ class BadInput(Exception):
 
 
 def _text_field(name: str) -> str:
-    # Only application/json bodies are read (get_json refuses other content types), which also
-    # keeps a cross-site HTML form from posting here.
-    body = request.get_json(silent=True)
+    # Only application/json bodies are read, which also keeps a cross-site HTML form from
+    # posting here. Parsed here, not by get_json: a body nested too deep for the parser
+    # (RecursionError) is bad input too, not a 500.
+    if not request.is_json:
+        raise BadInput("send a JSON object with content-type application/json")
+    try:
+        body = json.loads(request.get_data())
+    except (ValueError, RecursionError):
+        raise BadInput("the body is not valid JSON") from None
     if not isinstance(body, dict):
         raise BadInput("send a JSON object with content-type application/json")
     value = body.get(name)
@@ -133,16 +160,19 @@ def _text_field(name: str) -> str:
     return value
 
 
-def _deltas(stream: oaiws.ResponseStream) -> Iterator[str]:
-    """The answer's text as it arrives, one ``response.output_text.delta`` at a time."""
+def _deltas(stream: oaiws.ResponseStream) -> Generator[str, None, Optional[oaiws.OAIWSError]]:
+    """The answer's text as it arrives, one ``response.output_text.delta`` at a time; returns
+    the error that ended it early, if one did."""
     try:
         for event in stream:
             if event.type == "response.output_text.delta":
                 yield event.delta
-    except oaiws.APIError as error:
+    except oaiws.OAIWSError as error:
         # The status line went out with the first chunk: say so in the body, where the reader
         # sees it.
         yield f"\n[error: {type(error).__name__}]\n"
+        return error
+    return None
 
 
 @app.post("/ask")
@@ -188,13 +218,18 @@ def chat() -> Response:
         # conv: a browser's next turn comes seconds later, maybe to another worker, so no
         # connection is held for it (the with block ends the conversation's hold).
         with conv, stream:
-            yield from _deltas(stream)
+            failure = yield from _deltas(stream)
             # Saved only once the terminal event was read: a turn cut short (the browser hung
             # up, the connection broke) leaves the previous state, and the next turn goes on
             # from there. Two turns of one browser at once both continue from the same state,
-            # and the later save wins.
+            # and the later save wins (the other exchange drops out of the context).
             if stream.response is not None:
                 _save_state(chat_id, conv.state())
+            elif isinstance(failure, oaiws.PreviousResponseNotFoundError):
+                # The server no longer has the chain (deleted, or past its retention): the
+                # chat starts again rather than failing on every later message.
+                _forget_state(chat_id)
+                yield "[this conversation has expired: your next message starts a new one]\n"
 
     return Response(text(), mimetype="text/plain; charset=utf-8")
 

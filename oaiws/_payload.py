@@ -98,7 +98,8 @@ def build_payload(fields: Mapping[str, Any]) -> dict[str, Any]:
     ):
         raise ConfigurationError("stream_id must be 1-256 characters of A-Z a-z 0-9 _ . -")
     try:
-        _json.dumps(payload)
+        # As bytes, as it will be sent: a lone surrogate is valid in a str but not in UTF-8.
+        _json.dumpb(payload)
     except (TypeError, ValueError) as error:
         raise ConfigurationError(f"the request cannot be sent as JSON: {error}") from None
     return payload

@@ -233,9 +233,15 @@ class Conversation:
         """
         with self._turn():
             fields = {**self._defaults, "generate": False}
-            transcript = self._replay_input([], self._defaults.get("store"))
-            if transcript:
-                fields["input"] = transcript
+            if not self._complete:
+                # Resumed without its transcript: the context is the server's chain, so the
+                # warm-up continues from it.
+                fields["previous_response_id"] = self._chain.last_response_id
+                fields["input"] = []
+            else:
+                transcript = self._replay_input([], self._defaults.get("store"))
+                if transcript:
+                    fields["input"] = transcript
             payload, seconds = self._runtime.prepare(fields, self._turn_timeout(timeout))
             response = collect_response(self._runtime, payload, timeout=seconds, hold=True)
             if response.status in _KEPT_STATUSES and response.id is not None:

@@ -17,10 +17,21 @@ from pathlib import Path
 
 
 def _session_dir() -> Path:
-    path = Path(
-        os.environ.get("OAIWS_SESSION_DIR") or Path(tempfile.gettempdir()) / "oaiws-django-sessions"
-    )
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    given = os.environ.get("OAIWS_SESSION_DIR")
+    if given:  # the deployment's choice: its permissions are the deployment's too
+        path = Path(given)
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return path
+    user = os.getuid() if hasattr(os, "getuid") else 0
+    path = Path(tempfile.gettempdir()) / f"oaiws-django-sessions-{user}"
+    path.mkdir(mode=0o700, exist_ok=True)
+    info = path.stat()
+    if hasattr(os, "getuid") and (info.st_uid != user or info.st_mode & 0o077):
+        # In a shared temp directory someone else may have made it (or opened it up): they
+        # could read the chats or plant a session secret they know.
+        raise RuntimeError(
+            f"{path} is not private to this user: remove it or set OAIWS_SESSION_DIR"
+        )
     return path
 
 

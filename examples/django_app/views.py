@@ -5,8 +5,8 @@ from __future__ import annotations
 import atexit
 import json
 import os
-from collections.abc import Iterator
-from typing import Any, Callable
+from collections.abc import Generator, Iterator
+from typing import Any, Callable, Optional
 
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.urls import path
@@ -47,7 +47,7 @@ def _text_field(request: HttpRequest, name: str) -> str:
         raise BadInput("send a JSON object with content-type application/json")
     try:
         body = json.loads(request.body)
-    except ValueError:
+    except (ValueError, RecursionError):  # nested too deep for the parser: bad input too
         raise BadInput("the body is not valid JSON") from None
     value = body.get(name) if isinstance(body, dict) else None
     if not isinstance(value, str) or not value.strip():
@@ -55,16 +55,19 @@ def _text_field(request: HttpRequest, name: str) -> str:
     return value
 
 
-def _deltas(stream: oaiws.ResponseStream) -> Iterator[str]:
-    """The answer's text as it arrives, one ``response.output_text.delta`` at a time."""
+def _deltas(stream: oaiws.ResponseStream) -> Generator[str, None, Optional[oaiws.OAIWSError]]:
+    """The answer's text as it arrives, one ``response.output_text.delta`` at a time; returns
+    the error that ended it early, if one did."""
     try:
         for event in stream:
             if event.type == "response.output_text.delta":
                 yield event.delta
-    except oaiws.APIError as error:
+    except oaiws.OAIWSError as error:
         # The status line went out with the first chunk: say so in the body, where the reader
         # sees it.
         yield f"\n[error: {type(error).__name__}]\n"
+        return error
+    return None
 
 
 @require_POST
@@ -109,15 +112,21 @@ def chat(request: HttpRequest) -> HttpResponse:
         # conv: a browser's next turn comes seconds later, maybe to another worker, so no
         # connection is held for it (the with block ends the conversation's hold).
         with conv, stream:
-            yield from _deltas(stream)
+            failure = yield from _deltas(stream)
             # Saved only once the terminal event was read: a turn cut short (the browser hung
             # up, the connection broke) leaves the previous state, and the next turn goes on
             # from there. The middleware is done by now, so the session is saved here. Two
             # turns of one browser at once both continue from the same state, and the later
-            # save wins.
+            # save wins (the other exchange drops out of the context).
             if stream.response is not None:
                 session[STATE_KEY] = conv.state()
                 session.save()
+            elif isinstance(failure, oaiws.PreviousResponseNotFoundError):
+                # The server no longer has the chain (deleted, or past its retention): the
+                # chat starts again rather than failing on every later message.
+                session.pop(STATE_KEY, None)
+                session.save()
+                yield "[this conversation has expired: your next message starts a new one]\n"
 
     return StreamingHttpResponse(text(), content_type="text/plain; charset=utf-8")
 

@@ -3,7 +3,8 @@
 Endpoints (in views.py):
 
 - ``POST /ask`` ``{"prompt": "..."}``: the answer as ``text/plain``, token by token. A browser
-  that hangs up closes the upstream WebSocket, which stops the server generating the rest.
+  that hangs up closes the upstream WebSocket, which stops the server generating the rest
+  (noticed at the next text chunk that cannot be written).
 - ``POST /chat`` ``{"message": "..."}``: the next turn of this browser's conversation, streamed
   the same way. Its state (``conv.state()``, plain JSON) is kept in the Django session, whose
   file backend keeps the data on the server and only the session's key in the cookie, so any

@@ -6,11 +6,15 @@ Flask is not a dependency of oaiws; this runs where Flask happens to be installe
 from __future__ import annotations
 
 import importlib.util
+import json
+import sqlite3
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
+
+import oaiws
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "flask_app.py"
 
@@ -58,5 +62,35 @@ def test_a_reader_leaving_early_closes_the_connection(
         answer.close()  # what the server does when the browser goes away
         stats = example.client.pool_stats()
         assert stats["connections_discarded"] == 1 and stats["connections_open"] == 0
+    finally:
+        example.client.close()
+
+
+def test_a_chat_the_server_no_longer_has_starts_again(
+    monkeypatch: pytest.MonkeyPatch, oaiws_emulator: Any, tmp_path: Path
+) -> None:
+    example = _load(monkeypatch, oaiws_emulator, tmp_path)
+    try:
+        web = example.app.test_client()
+        first = web.post("/chat", json={"message": "my name is Bob"})
+        assert first.status_code == 200 and first.get_data(as_text=True)  # read: then saved
+        (state_text,) = (
+            sqlite3.connect(tmp_path / "chats.sqlite3")
+            .execute("SELECT state FROM chats")
+            .fetchone()
+        )
+        # Past its retention, or deleted: the chain is gone from the server...
+        example.client.responses.delete(json.loads(state_text)["last_response_id"])
+        # ...and the next turn goes to another worker, whose connections never held it.
+        example.client.close()
+        example.client = oaiws.Client(
+            api_key=oaiws_emulator.api_key, base_url=oaiws_emulator.base_url
+        )
+        expired = web.post("/chat", json={"message": "what is my name?"})
+        assert "this conversation has expired" in expired.get_data(as_text=True)
+        rows = sqlite3.connect(tmp_path / "chats.sqlite3").execute("SELECT COUNT(*) FROM chats")
+        assert rows.fetchone() == (0,)  # forgotten, not stuck
+        again = web.post("/chat", json={"message": "hello again"})
+        assert again.status_code == 200 and "error" not in again.get_data(as_text=True)
     finally:
         example.client.close()

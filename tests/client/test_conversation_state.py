@@ -100,3 +100,18 @@ def test_a_bad_state_is_refused_before_anything_is_sent(
         with pytest.raises(ConfigurationError, match="pass state= alone"):
             client.conversation(state={"version": 1, "defaults": {"model": "m"}}, model="m")
     assert oaiws_emulator.stats()["requests"] == 0
+
+
+def test_warming_up_a_conversation_resumed_without_its_transcript_keeps_its_context(
+    oaiws_emulator: Emulator,
+) -> None:
+    options = {"api_key": oaiws_emulator.api_key, "base_url": oaiws_emulator.base_url}
+    first = oaiws.Client(**options)
+    with first, first.conversation(model="gpt-test", store=True) as conv:
+        conv.send("my name is Bob")
+        state = conv.state()
+        expected = conv.send("what is my name?").output_text
+    later = oaiws.Client(**options)
+    with later, later.conversation(state=state) as resumed:
+        resumed.prepare()
+        assert resumed.send("what is my name?").output_text == expected

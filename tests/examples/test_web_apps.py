@@ -259,6 +259,10 @@ def test_bad_input_is_a_400_and_sends_nothing(server: Served, emulator: Emulator
                 {"json": {field: None}},
                 {"json": {field: ["a list"]}},
                 {"json": {"other": "hello"}},
+                # Deeper than the JSON parser goes: bad input, not a 500.
+                {"data": "[" * 100_000 + "]" * 100_000, "headers": json_type},
+                # A lone surrogate: valid JSON, but not sendable as UTF-8.
+                {"data": '{"' + field + '": "\\ud800 hi"}', "headers": json_type},
             ]
             for case in cases:
                 answer = session.post(f"{server.url}/{endpoint}", timeout=REQUEST_TIMEOUT, **case)

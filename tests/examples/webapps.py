@@ -149,8 +149,8 @@ class Gunicorn:
 
         try:
             wait_for(both_workers, READY_TIMEOUT, f"both workers of {self.url}")
-        except pytest.fail.Exception as failure:
-            raise pytest.fail.Exception(f"{failure}\n{self.log()}") from None
+        except AssertionError as failure:  # what wait_for raises: with the server's log
+            raise AssertionError(f"{failure}\n{self.log()}") from None
         return frozenset(seen)
 
     def stop(self) -> None:
