@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
+from ._closing import ClosesOnExit
 from ._config import ClientConfig, display_url
 from ._runtime import Runtime
 from ._stream import ResponseStream, collect_response
@@ -15,15 +16,13 @@ from .errors import ConfigurationError
 from .responses import Responses
 
 if TYPE_CHECKING:
-    from types import TracebackType
-
     from ._events import Response
     from .batch import BatchProgress
 
 __all__ = ["Client"]
 
 
-class Client:
+class Client(ClosesOnExit):
     """A thread-safe client of the Responses API over WebSocket, with a pool of connections.
 
     Build one per process (a module-level client in a web app) and share it between threads::
@@ -211,17 +210,6 @@ class Client:
     @property
     def closed(self) -> bool:
         return self._runtime.closed
-
-    def __enter__(self) -> Client:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: Optional[type[BaseException]],
-        exc: Optional[BaseException],
-        traceback: Optional[TracebackType],
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         config = self._runtime.config

@@ -164,7 +164,7 @@ class ConcurrencyLimit:
             self._in_flight += 1
             return self._round
 
-    def release(self, started_round: int, *, rate_limited: bool) -> None:
+    def release(self, *, rate_limited: bool) -> None:
         """One request ended; ``rate_limited``: it met a 429 (whatever became of it)."""
         with self._condition:
             self._in_flight -= 1

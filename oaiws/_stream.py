@@ -23,6 +23,7 @@ from collections.abc import Generator, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Optional, Protocol, TypeVar
 
 from . import _retry
+from ._closing import ClosesOnExit
 from ._events import TERMINAL_EVENT_TYPES, Event, Response, ResponseAccumulator
 from ._retry import AttemptFailed, KeepAliveDropped
 from .errors import (
@@ -38,8 +39,6 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
-    from types import TracebackType
-
     from ._runtime import Runtime
     from ._transport import AnyChannel, ChannelSource
 
@@ -425,7 +424,7 @@ def _events(request: _Request) -> Generator[Event, None, None]:
             request.turn.end()
 
 
-class ResponseStream:
+class ResponseStream(ClosesOnExit):
     """The events of one response, as an iterator; also a context manager.
 
     Nothing is sent until the first ``next()``. ``response`` is the finished ``Response``
@@ -492,17 +491,6 @@ class ResponseStream:
     def close(self) -> None:
         """Stop: closes the connection unless the response was read to its end."""
         self._events.close()
-
-    def __enter__(self) -> ResponseStream:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: Optional[type[BaseException]],
-        exc: Optional[BaseException],
-        traceback: Optional[TracebackType],
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         request = self._request

@@ -28,6 +28,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
+from ._closing import ClosesOnExit
 from ._pacing import ConcurrencyLimit, Pacer, estimate_tokens
 from ._retry import MAX_RETRY_AFTER
 from ._stream import collect_response
@@ -40,8 +41,6 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
-    from types import TracebackType
-
     from ._events import Response
     from ._runtime import Runtime
     from ._transport import AnyChannel, ChannelSource
@@ -266,7 +265,7 @@ class _WatchedChannels:
         self._inner.discard(channel, reason, lost=lost)
 
 
-class BatchRun(Iterator[BatchResult]):
+class BatchRun(ClosesOnExit, Iterator[BatchResult]):
     """The iterator ``Client.batch`` returns; also a context manager (``close`` on exit)."""
 
     def __init__(
@@ -444,17 +443,6 @@ class BatchRun(Iterator[BatchResult]):
             self._cond.notify_all()
         self._finish_display()
 
-    def __enter__(self) -> BatchRun:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: Optional[type[BaseException]],
-        exc: Optional[BaseException],
-        traceback: Optional[TracebackType],
-    ) -> None:
-        self.close()
-
     def __repr__(self) -> str:
         p = self.progress
         return (
@@ -556,7 +544,7 @@ class BatchRun(Iterator[BatchResult]):
             # Before the request's own timeout starts: waiting for its turn is not its time.
             self._wait_for_pace(tokens)
         except _Stopped:
-            self._limit.release(started_round, rate_limited=False)
+            self._limit.release(rate_limited=False)
             return None
         watch = _Watch(self, tokens, started_round)
         with self._cond:
@@ -578,7 +566,7 @@ class BatchRun(Iterator[BatchResult]):
         except OAIWSError as failure:
             error = failure
         finally:
-            self._limit.release(started_round, rate_limited=watch.rate_limited)
+            self._limit.release(rate_limited=watch.rate_limited)
             if response is not None and not watch.rate_limited:
                 self._pacer.speed_up()
             with self._cond:

@@ -28,14 +28,13 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Optional, Union
 
 from . import _json
+from ._closing import ClosesOnExit
 from ._frames import MAX_NESTING, nested_deeper_than
 from ._payload import build_payload
 from ._stream import ResponseStream, collect_response
 from .errors import ConfigurationError, ConversationBusyError, ProtocolError
 
 if TYPE_CHECKING:
-    from types import TracebackType
-
     from ._events import Response
     from ._pool import Pool
     from ._runtime import Runtime
@@ -81,7 +80,7 @@ def _release_dropped(pool_ref: weakref.ReferenceType[Pool], chain: _Chain) -> No
         pool.release_hold(response_id, wait=False)
 
 
-class Conversation:
+class Conversation(ClosesOnExit):
     """A multi-turn conversation on a ``Client``: built by ``client.conversation(...)``.
 
     ``defaults`` are ``response.create`` fields sent with every turn (``model`` required;
@@ -174,12 +173,9 @@ class Conversation:
                         "save one (use transcript=False)"
                     )
                 state["transcript"] = self._replay_input([], self._defaults.get("store"))
-            try:
-                plain: dict[str, Any] = _json.loads(_json.dumps(state))
-            except (TypeError, ValueError) as error:
-                raise ConfigurationError(
-                    f"the conversation's fields cannot be saved as JSON: {error}"
-                ) from None
+            # Every field and item was sent as JSON already (checked before sending), so the
+            # round trip cannot fail: it only makes the copy plain (lists, not tuples).
+            plain: dict[str, Any] = _json.loads(_json.dumps(state))
             return plain
 
     # -- turns ------------------------------------------------------------------------
@@ -257,17 +253,6 @@ class Conversation:
         response_id = self._chain.last_response_id
         if response_id is not None and not self._runtime.closed:
             self._runtime.pool.release_hold(response_id)
-
-    def __enter__(self) -> Conversation:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: Optional[type[BaseException]],
-        exc: Optional[BaseException],
-        traceback: Optional[TracebackType],
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return (

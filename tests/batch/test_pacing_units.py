@@ -96,17 +96,17 @@ def test_aimd_halves_once_per_round_and_grows_back_by_one_per_round_trip() -> No
     assert limit.limit == 8
     assert limit.rate_limited(0) is False  # the same round: one cut is enough
     for _ in range(16):
-        limit.release(0, rate_limited=True)
+        limit.release(rate_limited=True)
     assert limit.limit == 8
     for _ in range(9):  # about one round trip at 8: +1
         started = limit.acquire(stop)
         assert started == 1
-        limit.release(started, rate_limited=False)
+        limit.release(rate_limited=False)
     assert limit.limit == 9
     for _ in range(200):
         started = limit.acquire(stop)
         assert started is not None
-        limit.release(started, rate_limited=False)
+        limit.release(rate_limited=False)
     assert limit.limit == 16  # never above the maximum
     for round_number in range(1, 10):
         limit.rate_limited(round_number)
