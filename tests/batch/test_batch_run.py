@@ -15,6 +15,7 @@ from batchsupport import batch_line
 
 import oaiws
 from oaiws import BatchProgress, BatchResult, BatchStoppedError, ConfigurationError, _retry
+from oaiws import batch as batch_module
 from oaiws.testing import Emulator, Fault
 
 
@@ -349,3 +350,23 @@ def test_stop_ends_a_retry_pause_at_once(
     assert elapsed < 3
     assert len(results) == 1 and results[0].attempts == 1
     assert isinstance(results[0].error, oaiws.InternalServerError)  # its last failure stands
+
+
+@pytest.mark.parametrize("ordered", [False, True])
+def test_a_defect_in_one_request_is_its_result_and_the_run_goes_on(
+    emulator: Emulator, monkeypatch: pytest.MonkeyPatch, ordered: bool
+) -> None:
+    real = batch_module.estimate_tokens
+
+    def estimate(fields: dict[str, Any]) -> int:
+        if fields.get("input") == "question 3":
+            raise RuntimeError("a bug")  # stands for any defect inside the runner
+        return real(fields)
+
+    monkeypatch.setattr(batch_module, "estimate_tokens", estimate)
+    with client_on(emulator, max_connections=2) as client:
+        results = list(client.batch(questions(8), concurrency=2, ordered=ordered))
+    assert sorted(r.index for r in results) == list(range(8))  # no index lost, no hang
+    broken = next(r for r in results if r.index == 3)
+    assert isinstance(broken.error, oaiws.OAIWSError) and "RuntimeError" in str(broken.error)
+    assert all(r.ok for r in results if r.index != 3)

@@ -115,3 +115,14 @@ def test_warming_up_a_conversation_resumed_without_its_transcript_keeps_its_cont
     with later, later.conversation(state=state) as resumed:
         resumed.prepare()
         assert resumed.send("what is my name?").output_text == expected
+
+
+def test_the_state_is_refused_during_a_turn(oaiws_emulator: Emulator) -> None:
+    client = oaiws.Client(api_key=oaiws_emulator.api_key, base_url=oaiws_emulator.base_url)
+    with client, client.conversation(model="gpt-test") as conv:
+        stream = conv.stream("hello")
+        next(stream)  # the turn is under way: its outcome is not known yet
+        with pytest.raises(oaiws.ConversationBusyError):
+            conv.state()
+        stream.until_done()
+        assert conv.state()["last_response_id"] == stream.response.id  # type: ignore[union-attr]
