@@ -42,7 +42,9 @@ class Client(ClosesOnExit):
     connection is kept for its next turn, and so the most a hold may delay anyone else.
     ``max_message_size`` (bytes, default 64 MiB) is the largest message accepted from the
     server. ``transport`` is ``"auto"`` (WebSocket, falling back to HTTP streaming where the
-    server has no WebSocket mode), ``"websocket"`` or ``"http"``. Nothing touches the network
+    server has no WebSocket mode), ``"websocket"`` or ``"http"``. ``lanes=True`` runs many
+    responses at once on each connection, in named lanes (servers that have them: see
+    docs/lanes.md; default ``False``). Nothing touches the network
     until the first request (``min_connections`` are opened in the background at once).
 
     ``client.responses`` is the openai-python-shaped surface: ``create`` (also
@@ -73,6 +75,7 @@ class Client(ClosesOnExit):
         affinity_wait: float = 1.0,
         max_message_size: int = 64 * 1024 * 1024,
         transport: str = "auto",
+        lanes: bool = False,
     ) -> None:
         config = ClientConfig.resolve(
             api_key=api_key,
@@ -96,6 +99,7 @@ class Client(ClosesOnExit):
             affinity_wait=affinity_wait,
             max_message_size=max_message_size,
             transport=transport,
+            lanes=lanes,
         )
         self._runtime = Runtime(config)
         self.responses = Responses(self._runtime)
@@ -200,7 +204,18 @@ class Client(ClosesOnExit):
     def pool_stats(self) -> dict[str, Any]:
         """The pool's gauges and counters (handshakes, requests, connections open/idle/in use,
         retries, resends, ``affinity_hits``, ``affinity_misses``, ``replays``, holds...)."""
-        return self._runtime.pool.stats()
+        stats = self._runtime.pool.stats()
+        lanes = self._runtime.lanes
+        if lanes is not None:
+            stats.update(lanes.stats())
+        return stats
+
+    def lane_stats(self) -> list[dict[str, Any]]:
+        """With ``lanes=True``: one entry per lane of every open connection (``connection``,
+        ``stream_id``, ``state``, ``busy``, ``abandoned``, ``leased``, ``requests``,
+        ``idle_seconds``); ``[]`` without lanes."""
+        lanes = self._runtime.lanes
+        return [] if lanes is None else lanes.lane_stats()
 
     def close(self) -> None:
         """Close every connection: idle ones now, those serving a request when the request

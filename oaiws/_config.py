@@ -232,6 +232,8 @@ class ClientConfig:
     max_message_size: int = 64 * 1024 * 1024
     # "auto" (WebSocket, falling back to HTTP), "websocket" or "http"; see _transport.
     transport: str = "auto"
+    # Many responses per connection in named lanes (stream_id); see _lanepool.
+    lanes: bool = False
 
     @classmethod
     def resolve(
@@ -258,6 +260,7 @@ class ClientConfig:
         affinity_wait: float = 1.0,
         max_message_size: int = 64 * 1024 * 1024,
         transport: str = "auto",
+        lanes: bool = False,
     ) -> ClientConfig:
         """Resolve arguments against the environment and validate every value.
 
@@ -315,6 +318,12 @@ class ClientConfig:
             )
         max_retries = _count("max_retries", max_retries, minimum=0)
         max_message_size = _count("max_message_size", max_message_size, minimum=_MIN_MESSAGE_SIZE)
+        if not isinstance(lanes, bool):
+            raise ConfigurationError(f"lanes must be True or False (got {lanes!r})")
+        if lanes and transport == "http":
+            raise ConfigurationError(
+                "lanes=True needs WebSocket mode: use transport='auto' or 'websocket'"
+            )
         if transport not in TRANSPORTS:
             raise ConfigurationError(
                 f"transport must be one of {', '.join(map(repr, TRANSPORTS))} (got {transport!r})"
@@ -380,6 +389,7 @@ class ClientConfig:
             affinity_wait=float(affinity_wait),
             max_message_size=max_message_size,
             transport=transport,
+            lanes=lanes,
         )
 
     @property
@@ -452,6 +462,7 @@ class ClientConfig:
             ("affinity_wait", self.affinity_wait),
             ("max_message_size", self.max_message_size),
             ("transport", self.transport),
+            ("lanes", self.lanes),
         ]
         body = ", ".join(f"{name}={value!r}" for name, value in fields if value is not None)
         return f"ClientConfig({body})"

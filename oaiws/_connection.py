@@ -195,6 +195,25 @@ class Connection:
         if payload.get("type") == "response.create":
             self.requests_started += 1
 
+    def send_concurrent(self, payload: Mapping[str, Any]) -> None:
+        """Send one small event while another thread may be reading (steering): the socket's
+        timeout, which the reader set, is left alone. Failures as in ``send_json``."""
+        if self._closed:
+            raise APIConnectionError(self._closed_message(), request_id=self.request_id)
+        try:
+            encoded = _json.dumpb(payload)
+        except (TypeError, ValueError) as exc:
+            raise ConfigurationError(f"the event cannot be encoded as JSON: {exc}") from exc
+        try:
+            self._ws.send(encoded, ABNF.OPCODE_TEXT)
+        except (websocket.WebSocketException, OSError) as exc:
+            self._mark_dead()
+            raise APIConnectionError(
+                f"sending on connection #{self.id} failed: {_describe(exc)}",
+                request_id=self.request_id,
+            ) from exc
+        self._last_sent_at = time.monotonic()
+
     def recv_json(self, timeout: float) -> Any:
         """Receive one text frame and decode it; control frames are handled on the way.
 
@@ -248,6 +267,73 @@ class Connection:
                     f"no event from the server on connection #{self.id} for {timeout:g}s",
                     request_id=self.request_id,
                 )
+
+    def read_one(self, timeout: float) -> Optional[Any]:
+        """Read exactly one frame for a lane reader (``_mux``): the decoded event of a text
+        frame, or ``None`` for a control frame (a ping is answered on the way).
+
+        ``timeout`` bounds the frame: call it when ``wait_readable`` said bytes are there, so
+        a timeout means a frame that trickles or stalls, which is fatal (``APITimeoutError``
+        after the connection was marked dead). Other failures as in ``recv_json``.
+        """
+        if self._closed:
+            raise APIConnectionError(self._closed_message(), request_id=self.request_id)
+        self._frame_deadline = time.monotonic() + timeout
+        try:
+            opcode, data = self._recv_frame(timeout, timeout)
+        except APITimeoutError:
+            self._mark_dead()
+            raise
+        now = self._last_frame_at = time.monotonic()
+        if opcode == _TEXT:
+            self.last_used_at = now
+            try:
+                decoded = _json.loads(data)
+            except ValueError as exc:
+                raise self._protocol_error(
+                    f"the server sent a text frame that is not valid JSON ({exc})"
+                ) from None
+            except RecursionError:
+                raise self._protocol_error(f"the server sent a frame that {TOO_DEEP}") from None
+            return decoded
+        self._on_control_frame(opcode, data)
+        if opcode == ABNF.OPCODE_BINARY:
+            raise self._protocol_error(
+                "the server sent a binary frame; the protocol uses JSON text frames only"
+            )
+        if opcode == ABNF.OPCODE_CLOSE:
+            raise APIConnectionError(self._closed_message(), request_id=self.request_id)
+        return None
+
+    def wait_readable(self, timeout: float) -> bool:
+        """Whether bytes arrive within ``timeout`` seconds (a lane reader's idle wait)."""
+        if self._readable():
+            return True
+        poller = self._poller  # made by _readable() where poll() exists
+        if poller is not None:
+            return bool(poller.poll(max(timeout, 0.0) * 1000.0))
+        sock = self._ws.sock
+        if sock is None:
+            raise APIConnectionError(self._closed_message(), request_id=self.request_id)
+        readable, _, _ = select.select([sock], [], [], max(timeout, 0.0))
+        return bool(readable)
+
+    def send_ping(self) -> None:
+        """Send a keepalive ping (a lane reader's idle care; the caller serialises sends)."""
+        self._ws.ping()
+        now = time.monotonic()
+        self._ping_sent_at = self._last_sent_at = now
+
+    @property
+    def ping_unanswered_for(self) -> Optional[float]:
+        """Seconds since the last unanswered ping, ``None`` when none is outstanding."""
+        sent = self._ping_sent_at
+        return None if sent is None else time.monotonic() - sent
+
+    @property
+    def quiet_for(self) -> float:
+        """Seconds since the last frame in either direction."""
+        return time.monotonic() - max(self._last_frame_at, self._last_sent_at)
 
     def _set_timeout(self, seconds: float) -> None:
         if seconds != self._timeout_set:

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Optional
 
 from ._config import ClientConfig
+from ._lanepool import LanePool
 from ._payload import build_payload
 from ._pool import Pool, closed_error
 from ._stats import Stats
@@ -30,7 +31,7 @@ __all__ = ["Runtime"]
 class Runtime:
     """The configuration, transports and statistics of one client, and its open/closed state."""
 
-    __slots__ = ("_closed", "_http", "_lock", "config", "pool", "router", "stats")
+    __slots__ = ("_closed", "_http", "_lock", "config", "lanes", "pool", "router", "stats")
 
     def __init__(self, config: ClientConfig, pool: Optional[Pool] = None) -> None:
         self.config = config
@@ -39,7 +40,10 @@ class Runtime:
         self._http: Optional[HttpTransport] = None
         self._lock = threading.Lock()
         self._closed = False
-        self.router = Router(config, self.pool, lambda: self.http, self.stats)
+        # Lanes (many responses per connection), when asked for; the pool stays for servers
+        # found to have none.
+        self.lanes = LanePool(config, self.stats) if config.lanes else None
+        self.router = Router(config, self.pool, lambda: self.http, self.stats, self.lanes)
 
     @property
     def http(self) -> HttpTransport:
@@ -71,6 +75,10 @@ class Runtime:
         """The ``response.create`` event for ``fields`` and the call's timeout in seconds,
         both checked; raises ``ConfigurationError`` (or ``ClientClosedError``) before any I/O."""
         self.check_open()
+        if self.lanes is not None and "stream_id" in fields and fields["stream_id"] is not None:
+            raise ConfigurationError(
+                "with lanes=True the client names the lanes itself: remove stream_id"
+            )
         payload = build_payload(fields)
         seconds = self.check_timeout(timeout)
         self.config.require_api_key()
@@ -97,6 +105,8 @@ class Runtime:
                 return
             self._closed = True
         self.pool.close()
+        if self.lanes is not None:
+            self.lanes.close()
         with self._lock:
             http = self._http
         if http is not None:

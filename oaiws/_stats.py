@@ -34,6 +34,13 @@ COUNTERS = (
     "maintenance_errors",
     "http_requests",
     "http_fallbacks",
+    "lane_requests",
+    "lane_hits",
+    "lane_misses",
+    "lane_evictions",
+    "lane_fallbacks",
+    "lanes_abandoned",
+    "steers_sent",
 )
 
 

@@ -18,6 +18,7 @@ reference cycle waiting for the garbage collector) and its ``finally`` closes th
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Generator, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Optional, Protocol, TypeVar
@@ -25,13 +26,16 @@ from typing import TYPE_CHECKING, Any, Optional, Protocol, TypeVar
 from . import _retry
 from ._closing import ClosesOnExit
 from ._events import TERMINAL_EVENT_TYPES, Event, Response, ResponseAccumulator
+from ._mux import LaneChannel, LanesUnavailable
 from ._retry import AttemptFailed, KeepAliveDropped
+from ._steering import STEER_EVENTS, Steer, SteerLedger, steer_items
 from .errors import (
     APIConnectionError,
     APIError,
     APIStatusError,
     APITimeoutError,
     ProtocolError,
+    SteerFailedError,
     StreamClosedError,
     StreamInterruptedError,
     StreamTimeoutError,
@@ -39,6 +43,7 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
+    from ._mux import LaneLease
     from ._runtime import Runtime
     from ._transport import AnyChannel, ChannelSource
 
@@ -65,14 +70,19 @@ class Turn(Protocol):
     """What a conversation plugs into a stream (``conversation.py`` implements it).
 
     ``begin`` runs at the first ``next()``, before anything is sent, and returns the
-    continuation payload and the full-context replay payload; ``finished`` gets the response
-    once its terminal event was read (before that event is yielded); ``end`` runs once the
-    stream is over, however it ended (also when ``begin`` raised).
+    continuation payload and the full-context replay payload; ``steered`` gets a response
+    that steering replaced, and the steering input its successor took up, when the
+    successor starts; ``finished`` gets the final response once its terminal event was read
+    (before that event is yielded), with the steering input left pending for the next
+    request (``[]`` without); ``end`` runs once the stream is over, however it ended (also
+    when ``begin`` raised).
     """
 
     def begin(self) -> tuple[dict[str, Any], Optional[dict[str, Any]]]: ...
 
-    def finished(self, response: Response) -> None: ...
+    def steered(self, response: Response, steer_input: list[dict[str, Any]]) -> None: ...
+
+    def finished(self, response: Response, pending_input: list[dict[str, Any]]) -> None: ...
 
     def end(self) -> None: ...
 
@@ -101,15 +111,22 @@ class _Request:
         "channels",
         "conn",
         "deadline",
+        "ended_part",
         "events",
         "failure",
         "hold",
+        "lease",
+        "ledger",
         "payload",
+        "queued_steers",
         "replay",
         "request_id",
         "response",
+        "response_id",
         "retry_start",
         "runtime",
+        "steer_lock",
+        "steered",
         "timeout",
         "turn",
     )
@@ -126,8 +143,10 @@ class _Request:
         hold: bool = False,
         turn: Optional[Turn] = None,
         channels: Optional[ChannelSource] = None,
+        lease: Optional[LaneLease] = None,
     ) -> None:
         self.runtime = runtime
+        self.lease = lease  # a conversation's lane, with lanes on
         # Where the request gets its channel: the client's router (WebSocket or HTTP), or a
         # fixed HTTP request (a background create, a retrieve).
         self.channels: ChannelSource = channels if channels is not None else runtime.router
@@ -146,6 +165,14 @@ class _Request:
         self.events: list[Event] = []
         self.response: Optional[Response] = None
         self.failure: Optional[BaseException] = None  # what ended the stream, if not its end
+        # Steering (see _steering): made by the first steer().
+        self.steer_lock = threading.Lock()
+        self.ledger: Optional[SteerLedger] = None
+        self.queued_steers: list[Steer] = []  # before the response's id was known
+        self.response_id: Optional[str] = None  # the response in flight
+        self.steered: list[Response] = []  # responses that steering replaced, in order
+        # A response that ended while steering still owed an answer or a successor.
+        self.ended_part: Optional[tuple[dict[str, Any], Response]] = None
 
     # --- deadlines -------------------------------------------------------------------------
 
@@ -212,7 +239,7 @@ class _Request:
         config = self.runtime.config
         affinity = self.payload.get("previous_response_id")
         try:
-            conn = self.channels.acquire(self._bounded(config.pool_timeout), affinity)
+            conn = self.channels.acquire(self._bounded(config.pool_timeout), affinity, self.lease)
         except APIError as error:
             # The handshake reached the server (or the pool is full, or time is up): what the
             # policy makes of it depends on the error alone.
@@ -244,6 +271,10 @@ class _Request:
                 data = conn.recv_json(self._bounded(config.read_timeout))
             self.request_id = conn.request_id  # over HTTP, known once the answer came
             self.check(data)
+        except LanesUnavailable as error:
+            # Refused before anything was generated: resent at once without lanes.
+            self.drop_connection("the server has no lanes", lost=True)
+            raise AttemptFailed(self._context(error), sent=False) from None
         except APITimeoutError as error:
             self.drop_connection("no first event before the deadline")
             raise AttemptFailed(self._context(self._timed_out(error)), sent=True) from None
@@ -327,8 +358,11 @@ class _Request:
             raise self._context(error) from None
         return data
 
-    def finish(self, data: dict[str, Any]) -> None:
-        """After the terminal event: build the response and give the connection back."""
+    def finish(self, data: dict[str, Any], built: Optional[Response] = None) -> None:
+        """After the terminal event: build the response and give the connection back.
+
+        ``built``: the response, already built when steering kept the stream open after it.
+        """
         if data.get("response").__class__ is not dict:
             self.drop_connection("a terminal event without a response")
             raise self._context(
@@ -339,7 +373,7 @@ class _Request:
                 )
             )
         try:
-            response = self.response = self.accumulator.build()
+            response = self.response = built if built is not None else self.accumulator.build()
         except ProtocolError as error:
             self.drop_connection("the response could not be assembled")
             raise self._context(error) from None
@@ -348,9 +382,138 @@ class _Request:
         self._return_connection(hold=self.hold and response.status in _CONTINUABLE)
         if self.turn is not None:
             try:
-                self.turn.finished(response)
+                self.turn.finished(response, self._pending_input())
             except ProtocolError as error:  # the conversation refused what the server sent
                 raise self._context(error) from None
+
+    # --- steering --------------------------------------------------------------------------
+
+    def steer(self, value: Any, *, raise_on_failure: bool) -> Steer:
+        items = steer_items(value)  # checked before anything is sent
+        steer = Steer(items, raise_on_failure=raise_on_failure)
+        with self.steer_lock:
+            if self.response is not None or self.failure is not None:
+                raise SteerFailedError(
+                    "this stream's response has already ended: send the input as a new "
+                    "request (or a new turn of the conversation)",
+                    code="response_already_completed",
+                    response_id=self.response_id,
+                )
+            if self.ledger is None:
+                self.ledger = SteerLedger()
+            conn = self.conn
+            if isinstance(conn, LaneChannel):
+                conn.ledger = self.ledger
+            if self.response_id is None or conn is None:
+                self.queued_steers.append(steer)  # sent when the response's id arrives
+                return steer
+            self._send_steer(steer)
+        return steer
+
+    def _send_steer(self, steer: Steer) -> None:
+        """Send one submission for the response in flight (under ``steer_lock``)."""
+        conn = self.conn
+        ledger = self.ledger
+        assert ledger is not None
+        steer.response_id = self.response_id
+        send = getattr(conn, "send_concurrent", None)
+        if send is None:
+            ledger.all.append(steer)
+            steer.error = SteerFailedError(
+                "steering needs WebSocket mode; this response is streamed over HTTP",
+                code="steering_not_supported",
+                response_id=self.response_id,
+            )
+            steer._settle("failed")
+            return
+        ledger.sent(steer)
+        try:
+            send({"type": "response.steer", "previous_response_id": steer.response_id,
+                  "input": steer.input})
+        except APIError as error:
+            ledger.unsent(steer)
+            steer.error = SteerFailedError(
+                f"the steering input could not be sent: {error.message}",
+                response_id=self.response_id,
+            )
+            steer._settle("failed")
+            raise
+        self.runtime.stats.add("steers_sent")
+
+    def special(self, kind: str, data: dict[str, Any]) -> bool:
+        """A ``response.created`` or a steering answer; returns whether the event belongs
+        to the response (steering answers do not)."""
+        if kind == "response.created":
+            response = data.get("response")
+            response_id = response.get("id") if isinstance(response, dict) else None
+            ended = self.ended_part
+            if ended is not None:
+                # A successor after steering: the response that ended is part of the story.
+                self.ended_part = None
+                previous = ended[1]
+                self.steered.append(previous)
+                ledger = self.ledger
+                applied = ledger.successor(response_id) if ledger is not None else []
+                if self.turn is not None:
+                    steer_input = [item for steer in applied for item in steer.input]
+                    self.turn.steered(previous, steer_input)
+                self.accumulator = ResponseAccumulator()
+            with self.steer_lock:
+                self.response_id = response_id if isinstance(response_id, str) else None
+                queued, self.queued_steers = self.queued_steers, []
+                for waiting in queued:
+                    self._send_steer(waiting)
+            return True
+        ledger = self.ledger
+        if ledger is not None:
+            answered = ledger.answer(kind, data)
+            if answered is not None and answered.error is not None:
+                answered.error._add_context(request_id=self.request_id)
+        return False
+
+    def more_to_come(self) -> bool:
+        """After a terminal event: whether steering still owes an answer or a successor."""
+        ledger = self.ledger
+        return ledger is not None and ledger.open
+
+    def end_part(self, data: dict[str, Any]) -> None:
+        """A terminal event after which steering still owes something: keep reading."""
+        if data.get("response").__class__ is not dict:
+            self.finish(data)  # raises the protocol error
+        try:
+            built = self.accumulator.build()
+        except ProtocolError as error:
+            self.drop_connection("the response could not be assembled")
+            raise self._context(error) from None
+        self.ended_part = (data, built)
+
+    def settle_if_done(self) -> bool:
+        """After a steering answer: when a response had ended and nothing more is owed, the
+        stream is over (``finish`` done)."""
+        ended = self.ended_part
+        if ended is None or self.more_to_come():
+            return False
+        self.ended_part = None
+        self.finish(ended[0], ended[1])
+        return True
+
+    def steer_failure(self) -> Optional[SteerFailedError]:
+        """The first failed submission whose caller asked to be told, for the stream's end."""
+        ledger = self.ledger
+        if ledger is None:
+            return None
+        for steer in list(ledger.all):
+            if steer.raise_on_failure and steer.error is not None:
+                steer.error.response = self.response
+                return steer.error
+        return None
+
+    def _pending_input(self) -> list[dict[str, Any]]:
+        ledger = self.ledger
+        if ledger is None:
+            return []
+        return [item for steer in list(ledger.all) if steer.status == "pending" for item in
+                steer.input]
 
     def _interrupted(self, cls: type[StreamInterruptedError], cause: str) -> StreamInterruptedError:
         error = cls(
@@ -392,25 +555,40 @@ class _Request:
 
 def _events(request: _Request) -> Generator[Event, None, None]:
     # The hot loop of every stream: names are bound locally, the common path is a few dict
-    # lookups, and anything unusual goes through request.check().
+    # lookups, and anything unusual goes through request.check() or request.special().
     try:
         data = request.start()  # checked: an event with a string type
         kind = data["type"]
-        add = request.accumulator.add
         keep = request.events.append
+        add = request.accumulator.add
         while True:
-            add(data)
-            event = Event(data)
-            keep(event)
-            if kind in TERMINAL_EVENT_TYPES:
-                request.finish(data)
-                yield event
-                return
+            if kind in _SPECIAL and not request.special(kind, data):
+                # A steering answer: shown, not part of the response.
+                event = Event(data)
+                keep(event)
+                if request.settle_if_done():
+                    yield event
+                    break
+            else:
+                if kind == "response.created":
+                    add = request.accumulator.add  # a successor has an accumulator of its own
+                add(data)
+                event = Event(data)
+                keep(event)
+                if kind in TERMINAL_EVENT_TYPES:
+                    if not request.more_to_come():
+                        request.finish(data)
+                        yield event
+                        break
+                    request.end_part(data)  # a successor or an answer is still owed
             yield event
             data = request.receive()
             kind = data.get("type") if data.__class__ is dict else None
             if kind.__class__ is not str or kind == "error":
                 request.check(data)  # raises: not an event, or a request-scoped error
+        failure = request.steer_failure()
+        if failure is not None:
+            raise failure
     except GeneratorExit:
         raise  # the caller closed the stream
     except BaseException as failure:
@@ -422,6 +600,10 @@ def _events(request: _Request) -> Generator[Event, None, None]:
         request.drop_connection("the response was not read to its end")
         if request.turn is not None:
             request.turn.end()
+
+
+# Events the loop hands to request.special(): a response starting, and steering answers.
+_SPECIAL = frozenset({"response.created"}) | STEER_EVENTS
 
 
 class ResponseStream(ClosesOnExit):
@@ -443,11 +625,18 @@ class ResponseStream(ClosesOnExit):
         timeout: Optional[float] = None,
         turn: Optional[Turn] = None,
         channels: Optional[ChannelSource] = None,
+        lease: Optional[LaneLease] = None,
     ) -> None:
         # A conversation's turn plans its payload at the first next(): ``payload`` is then
         # only a placeholder (its model shows in the repr).
         self._request = _Request(
-            runtime, payload, timeout, hold=turn is not None, turn=turn, channels=channels
+            runtime,
+            payload,
+            timeout,
+            hold=turn is not None,
+            turn=turn,
+            channels=channels,
+            lease=lease,
         )
         self._events = _events(self._request)
 
@@ -466,6 +655,37 @@ class ResponseStream(ClosesOnExit):
     def events(self) -> Sequence[Event]:
         """Every event received so far."""
         return self._request.events
+
+    @property
+    def steered(self) -> Sequence[Response]:
+        """The responses that steering replaced, in order (their successors carried on);
+        ``response`` is the last successor's."""
+        return tuple(self._request.steered)
+
+    @property
+    def steers(self) -> Sequence[Steer]:
+        """Every ``steer()`` submission of this stream, in order."""
+        ledger = self._request.ledger
+        queued = self._request.queued_steers
+        return (*(ledger.all if ledger is not None else ()), *queued)
+
+    def steer(self, input: Any, *, raise_on_failure: bool = False) -> Steer:
+        """Add user input to the response while it is being generated (``response.steer``).
+
+        ``input``: text, a user message, or a list of them (``input_text``, ``input_image``
+        and ``input_file`` parts). Callable from the thread iterating the stream or from
+        another one; before the response has started, the input is sent at its
+        ``response.created``. Returns a ``Steer`` whose ``status`` follows the server's
+        answer. The stream shows the ``response.steer.accepted``, ``.pending`` and
+        ``.failed`` events, and after an accepted steer goes on into the successor response
+        (``steered`` holds the responses it replaced; ``response`` is the successor's).
+        A failed steer leaves the response running as it was; with
+        ``raise_on_failure=True`` the stream raises its ``SteerFailedError`` after the
+        final event. Raises ``ConfigurationError`` for input that is not user messages,
+        ``SteerFailedError`` when the response has already ended, and the connection's
+        error when the send fails. Steering needs WebSocket mode and a model that supports it.
+        """
+        return self._request.steer(input, raise_on_failure=raise_on_failure)
 
     def until_done(self) -> Response:
         """Read the remaining events and return the finished response.
@@ -507,6 +727,7 @@ def collect_response(
     hold: bool = False,
     channels: Optional[ChannelSource] = None,
     watch: Optional[AttemptWatch] = None,
+    lease: Optional[LaneLease] = None,
 ) -> Response:
     """Run a request to its end without yielding anything: ``create_response``.
 
@@ -529,6 +750,7 @@ def collect_response(
             replay=replay,
             hold=hold,
             channels=channels,
+            lease=lease,
         )
         try:
             for _ in _events(request):

@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol, Union
 from ._config import ClientConfig, display_url
 from ._connection import Connection
 from ._handshake import ProxyRefusedError
+from ._lanepool import LanePool
+from ._mux import LaneChannel, LaneLease, LanesUnavailable
 from ._pool import Pool
 from ._stats import Stats
 from .errors import APIStatusError
@@ -32,7 +34,7 @@ from .errors import APIStatusError
 if TYPE_CHECKING:
     from ._http import HttpChannel, HttpTransport
 
-    AnyChannel = Union[Connection, HttpChannel]
+    AnyChannel = Union[Connection, HttpChannel, LaneChannel]
 
 __all__ = ["NO_WEBSOCKET_STATUSES", "REPROBE_AFTER", "Channel", "ChannelSource", "Router"]
 
@@ -63,7 +65,9 @@ class Channel(Protocol):
 class ChannelSource(Protocol):
     """Where a request gets its channel and gives it back."""
 
-    def acquire(self, timeout: float, affinity: Optional[str]) -> AnyChannel: ...
+    def acquire(
+        self, timeout: float, affinity: Optional[str], lease: Optional[LaneLease] = None
+    ) -> AnyChannel: ...
 
     def release(self, channel: AnyChannel, *, hold: bool) -> None: ...
 
@@ -79,8 +83,10 @@ class Router:
         pool: Pool,
         http: Callable[[], HttpTransport],
         stats: Stats,
+        lanes: Optional[LanePool] = None,
     ) -> None:
         self._mode = config.transport
+        self.lanes = lanes
         self._url = display_url(config.websocket_url)
         # Plain HTTP goes through a proxy without a CONNECT tunnel; HTTPS needs one, as wss does.
         self._plain = config.websocket_url.lower().startswith("ws:")
@@ -103,10 +109,18 @@ class Router:
             and time.monotonic() - fell_back_at < REPROBE_AFTER
         )
 
-    def acquire(self, timeout: float, affinity: Optional[str]) -> AnyChannel:
+    def acquire(
+        self, timeout: float, affinity: Optional[str], lease: Optional[LaneLease] = None
+    ) -> AnyChannel:
         if self.over_http:
             return self._http().channel(timeout)
         try:
+            lanes = self.lanes
+            if lanes is not None and not lanes.unsupported:
+                try:
+                    return lanes.acquire(timeout, affinity, lease)
+                except LanesUnavailable:
+                    pass  # found out meanwhile: the default pool serves it
             return self.pool.acquire(timeout, affinity)
         except APIStatusError as error:
             if self._mode != "auto" or error.status_code not in NO_WEBSOCKET_STATUSES:
@@ -136,12 +150,18 @@ class Router:
     def release(self, channel: AnyChannel, *, hold: bool) -> None:
         if isinstance(channel, Connection):
             self.pool.release(channel, hold=hold)
+        elif isinstance(channel, LaneChannel):
+            assert self.lanes is not None  # a lane came from there
+            self.lanes.release(channel)
         else:
             channel.finish()
 
     def discard(self, channel: AnyChannel, reason: str, *, lost: bool) -> None:
         if isinstance(channel, Connection):
             self.pool.discard(channel, reason, lost=lost)
+        elif isinstance(channel, LaneChannel):
+            assert self.lanes is not None
+            self.lanes.discard(channel, reason, lost=lost)
         else:
             channel.close()
 
@@ -161,13 +181,15 @@ class HttpSource:
         self._path = path
         self._params = params
 
-    def acquire(self, timeout: float, affinity: Optional[str]) -> AnyChannel:
+    def acquire(
+        self, timeout: float, affinity: Optional[str], lease: Optional[LaneLease] = None
+    ) -> AnyChannel:
         return self._http.channel(timeout, self._method, self._path, self._params)
 
     def release(self, channel: AnyChannel, *, hold: bool) -> None:
-        assert not isinstance(channel, Connection)
+        assert not isinstance(channel, (Connection, LaneChannel))
         channel.finish()
 
     def discard(self, channel: AnyChannel, reason: str, *, lost: bool) -> None:
-        assert not isinstance(channel, Connection)
+        assert not isinstance(channel, (Connection, LaneChannel))
         channel.close()

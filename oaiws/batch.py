@@ -42,6 +42,7 @@ from .errors import (
 
 if TYPE_CHECKING:
     from ._events import Response
+    from ._mux import LaneLease
     from ._runtime import Runtime
     from ._transport import AnyChannel, ChannelSource
 
@@ -247,8 +248,10 @@ class _WatchedChannels:
         self._inner = inner
         self._watch = watch
 
-    def acquire(self, timeout: float, affinity: Optional[str]) -> AnyChannel:
-        channel = self._inner.acquire(timeout, affinity)
+    def acquire(
+        self, timeout: float, affinity: Optional[str], lease: Optional[LaneLease] = None
+    ) -> AnyChannel:
+        channel = self._inner.acquire(timeout, affinity, lease)
         if not self._watch.took(channel):
             self._inner.discard(channel, "the batch was stopped", lost=False)
             raise _Stopped

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Optional, Union
 from . import _json
 from ._closing import ClosesOnExit
 from ._frames import MAX_NESTING, nested_deeper_than
+from ._mux import LaneLease
 from ._payload import build_payload
 from ._stream import ResponseStream, collect_response
 from .errors import ConfigurationError, ConversationBusyError, ProtocolError
@@ -122,6 +123,12 @@ class Conversation(ClosesOnExit):
         self._chain = _Chain()
         self._chain.last_response_id = last_response_id
         self._busy = threading.Lock()
+        # With lanes: the lane this conversation's turns run on (its cache holds the chain).
+        # Dropped with the conversation, it frees the lane (the pool holds it weakly).
+        self._lease = LaneLease() if runtime.lanes is not None else None
+        # Steering input the server keeps for the next request (response.steer.pending):
+        # part of the next turn's context.
+        self._pending: list[dict[str, Any]] = []
         # Dropped without close(): the connection held for the next turn goes back at the
         # pool's next step (a finalizer may only queue it: see Pool.release_hold).
         weakref.finalize(self, _release_dropped, weakref.ref(runtime.pool), self._chain)
@@ -196,7 +203,12 @@ class Conversation(ClosesOnExit):
             payload, replay = self._plan(items, overrides)
             payload, seconds = self._runtime.prepare(payload, self._turn_timeout(timeout))
             response = collect_response(
-                self._runtime, payload, timeout=seconds, replay=replay, hold=True
+                self._runtime,
+                payload,
+                timeout=seconds,
+                replay=replay,
+                hold=True,
+                lease=self._lease,
             )
             self._commit(items, response)
         return response
@@ -218,7 +230,9 @@ class Conversation(ClosesOnExit):
         self._runtime.prepare({**self._defaults, **overrides, "input": items}, seconds)
         turn = _StreamTurn(self, items, overrides)
         placeholder = {"model": self._defaults.get("model")}
-        return ResponseStream(self._runtime, placeholder, timeout=seconds, turn=turn)
+        return ResponseStream(
+            self._runtime, placeholder, timeout=seconds, turn=turn, lease=self._lease
+        )
 
     def prepare(self, *, timeout: Optional[float] = None) -> Response:
         """Warm a connection up for this conversation: ``generate: false`` with its model,
@@ -239,7 +253,9 @@ class Conversation(ClosesOnExit):
                 if transcript:
                     fields["input"] = transcript
             payload, seconds = self._runtime.prepare(fields, self._turn_timeout(timeout))
-            response = collect_response(self._runtime, payload, timeout=seconds, hold=True)
+            response = collect_response(
+                self._runtime, payload, timeout=seconds, hold=True, lease=self._lease
+            )
             if response.status in _KEPT_STATUSES and response.id is not None:
                 self._chain.last_response_id = response.id
         return response
@@ -253,6 +269,9 @@ class Conversation(ClosesOnExit):
         response_id = self._chain.last_response_id
         if response_id is not None and not self._runtime.closed:
             self._runtime.pool.release_hold(response_id)
+        if self._lease is not None:
+            self._lease.release()
+            self._lease = LaneLease()
 
     def __repr__(self) -> str:
         return (
@@ -274,7 +293,7 @@ class Conversation(ClosesOnExit):
         """The turn's continuation payload and its replay (``None``: nothing to continue)."""
         _refuse_managed(overrides)
         fields = {**self._defaults, **overrides}
-        full = {**fields, "input": self._replay_input(items, fields.get("store"))}
+        full = {**fields, "input": self._replay_input(self._pending + items, fields.get("store"))}
         if self._chain.last_response_id is None:
             return full, None
         continuation = {
@@ -306,7 +325,8 @@ class Conversation(ClosesOnExit):
                 " the turn is not added to the conversation",
                 response_id=response.id,
             )
-        self._history.extend(copy.deepcopy(items))
+        pending, self._pending = self._pending, []
+        self._history.extend(copy.deepcopy(pending + items))
         self._history.extend(copy.deepcopy(kept))
         self._chain.last_response_id = response.id
 
@@ -351,8 +371,14 @@ class _StreamTurn:
         payload, replay = self._conversation._plan(self._items, self._overrides)
         return build_payload(payload), replay
 
-    def finished(self, response: Response) -> None:
+    def steered(self, response: Response, steer_input: list[dict[str, Any]]) -> None:
+        # The steered response is a turn of its own; the successor answers the steering input.
         self._conversation._commit(self._items, response)
+        self._items = steer_input
+
+    def finished(self, response: Response, pending_input: list[dict[str, Any]]) -> None:
+        self._conversation._commit(self._items, response)
+        self._conversation._pending = list(pending_input)
 
     def end(self) -> None:
         busy, self._busy = self._busy, None

@@ -70,6 +70,7 @@ __all__ = [
     "PreviousResponseNotFoundError",
     "ProtocolError",
     "RateLimitError",
+    "SteerFailedError",
     "StreamClosedError",
     "StreamInterruptedError",
     "StreamTimeoutError",
@@ -309,6 +310,48 @@ class PreviousResponseNotFoundError(BadRequestError):
     Zero Data Retention, or expired). Recover by sending the full context again without
     ``previous_response_id``, or use ``client.conversation(...)``, which does that for you.
     """
+
+
+class SteerFailedError(BadRequestError):
+    """A steering submission (``stream.steer(...)``) the server did not apply.
+
+    ``code`` is the server's (``response_not_found``, ``invalid_input``,
+    ``steering_not_supported``, ``too_many_pending_steers``, ``response_already_completed``,
+    ``response_not_active``, ``successor_creation_failed``, or a newer one); ``steer_id`` the
+    id the server gave the submission (``None`` when refused before it was sent);
+    ``response_id`` the response it was to steer; ``response`` the stream's final response
+    when the error is raised at the end of the stream (``steer(..., raise_on_failure=True)``).
+    The status is 400 and the error is never retried: the steered response went on without
+    the input, so send it as a new turn if it still matters.
+    """
+
+    steer_id: Optional[str]
+    response: Optional[Response]
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: Optional[str] = None,
+        steer_id: Optional[str] = None,
+        response_id: Optional[str] = None,
+        body: Any = None,
+        request_id: Optional[str] = None,
+    ) -> None:
+        super().__init__(
+            message,
+            status_code=400,
+            code=code,
+            type="invalid_request_error",
+            body=body,
+            request_id=request_id,
+            response_id=response_id,
+        )
+        self.steer_id = steer_id
+        self.response = None
+
+    def _context(self) -> list[tuple[str, Any]]:
+        return [*super()._context(), ("steer_id", self.steer_id)]
 
 
 class AuthenticationError(APIStatusError):

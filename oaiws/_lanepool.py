@@ -1,0 +1,393 @@
+"""The pool of multiplexed connections behind ``Client(lanes=True)``.
+
+Each request gets a lane of a ``MuxConnection`` (``_mux``) for its response. The rules:
+
+- **Few sockets.** A request joins the busiest connection that can take it (fewer than
+  ``MAX_ACTIVE`` responses, and a free lane: ``MAX_LANES`` names per connection); another
+  connection is opened only when none can, up to ``max_connections``; past that, requests
+  wait in line up to ``pool_timeout``.
+- **Leases.** A conversation holds a ``LaneLease``: its turns run on the same lane, whose
+  server-side cache holds its chain, without holding the connection between turns. When its
+  connection is full it waits up to ``affinity_wait`` for room there before moving; a lease
+  whose connection closed or retired moves (the turn replays, or continues from storage).
+  When every lane of every connection is taken and no connection may be opened, the lane of
+  the least recently used idle lease is taken back.
+- **Rotation.** A connection retires ahead of ``max_connection_age`` (margin and jitter as in
+  ``_pool``): it takes no new request, and closes when its last response ends. A connection
+  with no request and no lease closes after ``idle_timeout`` (keeping ``min_connections``).
+- **No lanes on the server.** The first request on each new connection probes (see
+  ``_mux``). A server that refuses or ignores lanes turns them off for the client, with a
+  warning; requests then use the default pool (``_pool``), and none is lost.
+- **Fork safety.** In a child process the pool starts empty; inherited sockets are dropped
+  without a word on them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import threading
+import time
+import weakref
+from typing import Any, Callable, Optional
+
+from ._config import ClientConfig, display_url
+from ._connection import Connection
+from ._mux import MAX_ACTIVE, Lane, LaneChannel, LaneLease, LanesUnavailable, MuxConnection
+from ._pool import closed_error
+from ._stats import Stats
+from .errors import PoolTimeoutError
+
+__all__ = ["LanePool"]
+
+logger = logging.getLogger("oaiws.lanes")
+
+_JITTER_FRACTION = 0.05
+
+
+class LanePool:
+    """Lanes over a bounded set of multiplexed connections (see the module docstring)."""
+
+    def __init__(
+        self,
+        config: ClientConfig,
+        stats: Stats,
+        connect: Callable[[ClientConfig], Connection] = Connection.open,
+    ) -> None:
+        self._config = config
+        self._stats = stats
+        self._connect = connect
+        self._rng = random.Random()
+        self._closed = False
+        self.unsupported = False  # the server has no lanes: the client stopped using them
+        self._init_state()
+        _live_pools.add(self)
+
+    def _init_state(self) -> None:
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._muxes: list[MuxConnection] = []
+        self._opening = 0
+        self._pid = os.getpid()
+
+    # -- checkout ---------------------------------------------------------------------------
+
+    def acquire(
+        self, timeout: float, affinity: Optional[str], lease: Optional[LaneLease] = None
+    ) -> LaneChannel:
+        """A lane for one request (the lease's own when it can); raises ``PoolTimeoutError``
+        after ``timeout`` seconds in line, ``ClientClosedError``, the errors of a handshake,
+        or ``LanesUnavailable`` once the server was found to have no lanes."""
+        self._check_fork()
+        started = time.monotonic()
+        deadline = started + timeout
+        closing: list[MuxConnection] = []
+        try:
+            with self._lock:
+                while True:
+                    if self._closed:
+                        raise closed_error()
+                    if self.unsupported:
+                        raise LanesUnavailable("the server has no lanes")
+                    now = time.monotonic()
+                    closing.extend(self._sweep(now))
+                    channel = self._assign(lease, affinity, now, started)
+                    if channel is not None:
+                        return channel
+                    waiting_for_own = self._waits_for_own_lane(lease, now, started)
+                    if not waiting_for_own:
+                        if self._opening + len(self._muxes) < self._config.max_connections:
+                            self._opening += 1
+                            break
+                        channel = self._evict(lease, now)
+                        if channel is not None:
+                            return channel
+                    remaining = deadline - now
+                    if remaining <= 0:
+                        self._stats.add("requests_timeouts")
+                        raise PoolTimeoutError(
+                            f"no lane became free within pool_timeout={timeout:g}s "
+                            f"({len(self._muxes)} connections of at most "
+                            f"{self._config.max_connections}, each with at most {MAX_ACTIVE} "
+                            "responses at once)"
+                        )
+                    if waiting_for_own:
+                        remaining = min(remaining, self._config.affinity_wait - (now - started))
+                    self._changed.wait(max(remaining, 0.001))
+        finally:
+            for mux in closing:
+                mux.close()
+        return self._open(lease)
+
+    def _assign(
+        self, lease: Optional[LaneLease], affinity: Optional[str], now: float, started: float
+    ) -> Optional[LaneChannel]:
+        stats = self._stats
+        if lease is not None and lease.lane is not None:
+            lane = lease.lane
+            mux = lane.mux
+            if lane.leased_by() is lease and not lane.busy and mux.accepting(now):
+                if mux.active < MAX_ACTIVE:
+                    stats.add("lane_requests")
+                    stats.add("checkouts")
+                    if affinity is not None:
+                        hit = lane.last_response_id == affinity
+                        stats.add("lane_hits" if hit else "lane_misses")
+                    return mux.take(lane, lease)
+                if now - started < self._config.affinity_wait:
+                    return None  # full: wait for room there (see _waits_for_own_lane)
+            lease.lane = None  # gone, retiring, or full for too long: the chain moves
+            if affinity is not None:
+                stats.add("lane_misses")
+        for mux in sorted(self._muxes, key=lambda m: -m.live):
+            if mux.active < MAX_ACTIVE and mux.accepting(now):
+                free = mux.free_lane()
+                if free is not None:
+                    return self._take(mux, free, lease, affinity)
+        return None
+
+    def _take(
+        self, mux: MuxConnection, lane: Lane, lease: Optional[LaneLease], affinity: Optional[str]
+    ) -> LaneChannel:
+        self._stats.add("lane_requests")
+        self._stats.add("checkouts")
+        if lease is not None and affinity is not None and lease.lane is None:
+            self._stats.add("lane_misses")
+        return mux.take(lane, lease)
+
+    def _waits_for_own_lane(
+        self, lease: Optional[LaneLease], now: float, started: float
+    ) -> bool:
+        """A lease whose connection is full waits there up to ``affinity_wait``."""
+        if lease is None or lease.lane is None:
+            return False
+        lane = lease.lane
+        return (
+            lane.leased_by() is lease
+            and lane.mux.accepting(now)
+            and now - started < self._config.affinity_wait
+        )
+
+    def _evict(self, lease: Optional[LaneLease], now: float) -> Optional[LaneChannel]:
+        """Every lane is busy or leased and no connection may be opened: take the lane of the
+        least recently used idle lease on a connection with room."""
+        oldest: Optional[Lane] = None
+        for mux in self._muxes:
+            if mux.active >= MAX_ACTIVE or not mux.accepting(now):
+                continue
+            for lane in mux.lanes.values():
+                if not lane.busy and (oldest is None or lane.last_used < oldest.last_used):
+                    oldest = lane
+        if oldest is None:
+            return None
+        previous = oldest.leased_by()
+        if previous is not None:
+            previous.lane = None
+            self._stats.add("lane_evictions")
+        oldest.lease = None
+        oldest.last_response_id = None
+        return self._take(oldest.mux, oldest, lease, None)
+
+    def _open(self, lease: Optional[LaneLease]) -> LaneChannel:
+        """Open a connection (outside the lock) and probe lanes on it with this request."""
+        try:
+            conn = self._connect(self._config)
+        except BaseException:
+            with self._lock:
+                self._opening -= 1
+                self._changed.notify_all()
+            self._stats.add("handshake_errors")
+            raise
+        self._stats.add("connections_opened")
+        with self._lock:
+            self._opening -= 1
+            if self._closed or self._pid != os.getpid():
+                conn.close()
+                raise closed_error()
+            mux = MuxConnection(
+                conn,
+                self._config,
+                self._lock,
+                retire_at=self._retire_at(conn),
+                on_change=self._on_change,
+                on_lanes_missing=self._on_lanes_missing,
+            )
+            self._muxes.append(mux)
+            if lease is not None:
+                lease.lane = None
+            self._stats.add("lane_requests")
+            self._stats.add("checkouts")
+            channel = mux.take(mux.new_lane(), lease)
+        mux.start()
+        logger.debug(
+            "lane connection #%d opened to %s", mux.id, display_url(self._config.websocket_url)
+        )
+        return channel
+
+    def _retire_at(self, conn: Connection) -> float:
+        config = self._config
+        jitter = self._rng.uniform(0.0, _JITTER_FRACTION * config.max_connection_age)
+        return conn.created_at + config.max_connection_age - config.effective_age_margin - jitter
+
+    # -- return -----------------------------------------------------------------------------
+
+    def release(self, channel: LaneChannel) -> None:
+        """The request read its response to the end."""
+        self._give_back(channel, abandoned=False)
+
+    def discard(self, channel: LaneChannel, reason: str, *, lost: bool) -> None:
+        """The request ended otherwise: abandoned mid-response unless nothing more will come
+        on its lane (an error event ended it, or the connection is gone)."""
+        # Whatever ``lost`` says: a lane's read may fail while its connection is sound (an
+        # interruption, a timeout); only a broken connection leaves nothing behind.
+        abandoned = not channel.settled and not channel.mux.unusable
+        if abandoned:
+            self._stats.add("lanes_abandoned")
+            logger.debug("%r: %s", channel, reason)
+        self._give_back(channel, abandoned=abandoned)
+
+    def _give_back(self, channel: LaneChannel, *, abandoned: bool) -> None:
+        mux = channel.mux
+        close = False
+        with self._lock:
+            lane = channel.lane
+            if lane.channel is channel:
+                mux.give_back(lane, abandoned=abandoned)
+            if mux.should_close() and mux in self._muxes:
+                self._muxes.remove(mux)
+                close = True
+            self._changed.notify_all()
+        if close:
+            self._close_mux(mux)
+
+    # -- care (from the readers, under the lock) --------------------------------------------
+
+    def _on_change(self, mux: MuxConnection) -> None:
+        """A connection's state changed, or its reader looks after it while quiet."""
+        now = time.monotonic()
+        mux.accepting(now)  # marks it retiring once of age
+        idle_timeout = self._config.idle_timeout
+        if (
+            idle_timeout is not None
+            and mux.state == "lanes"
+            and mux.live == 0
+            and mux.active == 0
+            and now - mux.idle_since >= idle_timeout
+            and len(self._muxes) > self._config.min_connections
+            and not any(lane.leased_by() is not None for lane in mux.lanes.values())
+        ):
+            mux.retiring = True
+        if mux.should_close() and mux in self._muxes:
+            self._muxes.remove(mux)
+            # Called by the reader: it closes its own socket once it sees this.
+            mux.closed = True
+            self._stats.add("connections_closed")
+        self._changed.notify_all()
+
+    def _sweep(self, now: float) -> list[MuxConnection]:
+        """Connections to close now (broken or retired, nobody on them); under the lock."""
+        done = []
+        for mux in self._muxes:
+            mux.accepting(now)  # marks it retiring once of age
+            if mux.should_close():
+                done.append(mux)
+        for mux in done:
+            self._muxes.remove(mux)
+        return done
+
+    def _on_lanes_missing(self, mux: MuxConnection, how: str) -> None:
+        first = not self.unsupported
+        self.unsupported = True
+        self._stats.add("lane_fallbacks")
+        message = (
+            "oaiws: the server at %s %s lanes (stream_id), so this client goes on without "
+            "them: one response per connection, as with lanes=False"
+        )
+        url = display_url(self._config.websocket_url)
+        if first:
+            logger.warning(message, url, how)
+        else:
+            logger.debug(message, url, how)
+        self._changed.notify_all()
+
+    def _close_mux(self, mux: MuxConnection) -> None:
+        mux.close()
+        self._stats.add("connections_closed")
+
+    # -- the rest ---------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, int]:
+        """Gauges: ``lane_connections``, ``lanes_active``, ``lanes_leased``."""
+        with self._lock:
+            return {
+                "lane_connections": len(self._muxes),
+                "lanes_active": sum(mux.active for mux in self._muxes),
+                "lanes_leased": sum(
+                    1
+                    for mux in self._muxes
+                    for lane in mux.lanes.values()
+                    if lane.leased_by() is not None
+                ),
+            }
+
+    def lane_stats(self) -> list[dict[str, Any]]:
+        """One entry per lane of every open connection."""
+        with self._lock:
+            return [
+                {
+                    "connection": mux.id,
+                    "stream_id": lane.name,
+                    "state": mux.state if not mux.retiring else "retiring",
+                    "busy": lane.channel is not None,
+                    "abandoned": lane.abandoned,
+                    "leased": lane.leased_by() is not None,
+                    "requests": lane.requests,
+                    "idle_seconds": round(time.monotonic() - lane.last_used, 3),
+                }
+                for mux in self._muxes
+                for lane in mux.lanes.values()
+            ]
+
+    def close(self) -> None:
+        """Close idle connections now, busy ones when their last response ends."""
+        closing: list[MuxConnection] = []
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            for mux in self._muxes:
+                mux.retiring = True
+                if mux.should_close():
+                    closing.append(mux)
+            for mux in closing:
+                self._muxes.remove(mux)
+            self._changed.notify_all()
+        for mux in closing:
+            self._close_mux(mux)
+
+    # -- fork -------------------------------------------------------------------------------
+
+    def _check_fork(self) -> None:
+        if not _RESET_AT_FORK and os.getpid() != self._pid:
+            self._after_fork_in_child()
+
+    def _after_fork_in_child(self) -> None:
+        inherited = self._muxes
+        self._init_state()
+        for mux in inherited:
+            mux.abandon()
+        _live_pools.add(self)
+
+
+_live_pools: weakref.WeakSet[LanePool] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for pool in list(_live_pools):
+        pool._after_fork_in_child()
+
+
+_RESET_AT_FORK = hasattr(os, "register_at_fork")
+if _RESET_AT_FORK:
+    os.register_at_fork(after_in_child=_after_fork_in_child)
