@@ -65,6 +65,7 @@ class Emulator(EmulatorBase):
         max_requests_per_minute: Optional[float] = None,
         max_tokens_per_minute: Optional[float] = None,
         rate_limit_burst: float = 1.0,
+        lanes: str = "on",
     ) -> None:
         self._options = EmulatorOptions(
             api_key=api_key,
@@ -88,6 +89,7 @@ class Emulator(EmulatorBase):
             max_requests_per_minute=max_requests_per_minute,
             max_tokens_per_minute=max_tokens_per_minute,
             rate_limit_burst=rate_limit_burst,
+            lanes=lanes,
         )
         self._stats = Stats()
         self._arrivals: deque[float] = deque(maxlen=ARRIVALS_KEPT)

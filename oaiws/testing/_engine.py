@@ -25,7 +25,7 @@ from ._model import (
 )
 from ._options import EmulatorOptions
 from ._ratelimit import RateLimiter, rate_limit_tokens, retry_after_headers
-from ._requests import CreateRequest, RequestError, new_id
+from ._requests import Controls, CreateRequest, RequestError, new_id
 from ._responses import (
     finish,
     function_call_item,
@@ -36,6 +36,7 @@ from ._responses import (
 )
 from ._state import Chain, ConnectionCache, ResponseStore
 from ._stats import Stats
+from ._steering import SteerTarget
 
 if TYPE_CHECKING:
     from ._background import BackgroundRuns
@@ -176,6 +177,15 @@ class _Emitter:
             await self.sink.send_event(payload)
         await self._sent(first)
 
+    async def side_event(self, payload: dict[str, Any]) -> None:
+        """An event of the response's sequence that is not part of its generation (the
+        ``response.steer.*`` answers): numbered and tagged like the others, no fault effects."""
+        payload["sequence_number"] = self.sequence
+        self.sequence += 1
+        if self.stream_id is not None:
+            payload["stream_id"] = self.stream_id
+        await self.sink.send_event(payload)
+
     async def hostile(self, frame: PresetFrame) -> None:
         """Send one frame of a hostile preset. A JSON object is numbered like any event (the
         numbering stays monotonic); nothing else about it is touched."""
@@ -213,14 +223,22 @@ async def serve(
     fault: Optional[Fault],
     response_id: Optional[str] = None,
     created_at: Optional[int] = None,
+    steering: Optional[SteerTarget] = None,
+    successor_of: Optional[Chain] = None,
 ) -> None:
     """Serve ``request`` to its end (a terminal event or an error) on ``sink``.
 
     A background request (whose id and creation time were given out already) starts with
     ``response.created`` and ``response.queued`` at once; the delays and the context's cost
     are its time in the queue, then it goes ``response.in_progress``.
+
+    ``steering`` (WebSocket only) follows the response for ``response.steer``; a steer it
+    accepted stops a text response at its next delta boundary. ``successor_of`` is the chain
+    of the steered response when this is its automatic successor: not a client request, so it
+    is neither an arrival nor charged to the rate limits, and it continues that chain directly.
     """
-    ctx.arrivals.append(time.monotonic())
+    if successor_of is None:
+        ctx.arrivals.append(time.monotonic())
     fault = request.controls.fault or fault
     if fault is not None:
         ctx.stats.add("faults_applied")
@@ -228,6 +246,8 @@ async def serve(
     await emitter.start()
     response_id = response_id or new_id("resp")
     created_at = int(time.time()) if created_at is None else created_at
+    if steering is not None:
+        steering.bind(response_id, emitter)
     if request.background:
         queued = response_object(request, response_id, created_at, status="queued")
         await emitter.event({"type": "response.created", "response": queued})
@@ -236,12 +256,18 @@ async def serve(
     try:
         if fault is not None and (fault.error_code is not None or fault.refuse_status is not None):
             raise fault_error(fault)
-        _admit(ctx, request)
         preset = _hostile_preset(fault, sink)
-        prior, cached_bytes, processed = await _resolve_previous(ctx, request, cache)
+        if successor_of is None:
+            _admit(ctx, request)
+            prior, cached_bytes, processed = await _resolve_previous(ctx, request, cache)
+        else:
+            prior, cached_bytes = successor_of.context, successor_of.size
+            processed = context_size(request.new_context)
     except RequestError as error:
         if previous is not None and cache is not None:
             cache.evict(previous, request.stream_id)
+        if steering is not None:
+            steering.ended("errored")
         await emitter.error(error)
         return
     await sink.accepted()
@@ -260,6 +286,8 @@ async def serve(
         await asyncio.sleep(controls.first_event_delay)
 
     if preset is not None:
+        if steering is not None:
+            steering.refuse_all()
         await _serve_hostile(
             ctx,
             request,
@@ -278,16 +306,22 @@ async def serve(
             response, status="completed", output=[], usage=usage(input_bytes, cached_bytes, 0)
         )
         if not request.background:
+            if steering is not None:
+                steering.activate()
             await emitter.event({"type": "response.created", "response": response})
         # Stored before the client can read the terminal event, as the service does: the next
         # turn, sent the moment it arrives (from any process), finds it.
-        _remember(ctx, request, cache, done, context)
+        chain = _remember(ctx, request, cache, done, context)
+        if steering is not None:
+            steering.ended("completed", chain=chain, output=[])
         await emitter.event({"type": "response.completed", "response": done})
         ctx.stats.add("warmups")
         ctx.stats.add("responses_completed")
         return
 
     if not request.background:
+        if steering is not None:
+            steering.activate()
         await emitter.event({"type": "response.created", "response": response})
     await emitter.event({"type": "response.in_progress", "response": response})
     if controls.outcome == "failed":
@@ -302,6 +336,8 @@ async def serve(
             usage=usage(input_bytes, cached_bytes, 0),
             error=reported,
         )
+        if steering is not None:
+            steering.ended("failed")
         await emitter.event({"type": "response.failed", "response": failed})
         if previous is not None and cache is not None:
             # A failed continuation evicts the id it continued from (on its own lane).
@@ -323,12 +359,18 @@ async def serve(
         limit, reason = (len(chunks) + 1) // 2, controls.incomplete_reason
     if request.max_output_tokens is not None and request.max_output_tokens < limit:
         limit, reason = request.max_output_tokens, "max_output_tokens"
-    item_status = "incomplete" if reason else "completed"
 
     if isinstance(plan, TextPlan):
-        item = await _stream_text(emitter, chunks[:limit], controls.delta_delay, item_status)
+        item, sent = await _stream_text(
+            emitter, chunks[:limit], controls, cut_short=bool(reason), steering=steering
+        )
+        if sent < limit:  # stopped at a delta boundary by an accepted steer
+            limit, reason = sent, "steered"
     else:
-        item = await _stream_call(emitter, plan, chunks[:limit], controls.delta_delay, item_status)
+        item_status = "incomplete" if reason else "completed"
+        item = await _stream_call(
+            emitter, plan, chunks[:limit], controls, item_status, steering=steering
+        )
     status = "incomplete" if reason else "completed"
     done = finish(
         response,
@@ -337,7 +379,9 @@ async def serve(
         usage=usage(input_bytes, cached_bytes, limit),
         incomplete_reason=reason,
     )
-    _remember(ctx, request, cache, done, context)  # before the client can read it (above)
+    chain = _remember(ctx, request, cache, done, context)  # before the client can read it
+    if steering is not None:
+        steering.ended(status, chain=chain, output=done["output"])
     await emitter.event({"type": f"response.{status}", "response": done})
     ctx.stats.add("responses_incomplete" if reason else "responses_completed")
 
@@ -430,18 +474,38 @@ def _remember(
     cache: Optional[ConnectionCache],
     response: dict[str, Any],
     context: tuple[Item, ...],
-) -> None:
+) -> Chain:
     outputs = (normalize_item(item) for item in response["output"])
     chain = Chain(response["id"], (*context, *(item for item in outputs if item is not None)))
     if cache is not None:
         cache.remember(request.stream_id, chain)
     if request.store:
         ctx.store.put(response, chain, request.input_items)
+    return chain
+
+
+async def _finishing(controls: Controls, steering: Optional[SteerTarget]) -> None:
+    """``emulator_finish_delay_ms``: the wait between the last delta and the end of the
+    output, cut short by an accepted steer (it cannot stop the output any more)."""
+    if not controls.finish_delay:
+        return
+    if steering is not None:
+        await steering.pause(controls.finish_delay)
+    else:
+        await asyncio.sleep(controls.finish_delay)
 
 
 async def _stream_text(
-    emitter: _Emitter, chunks: tuple[str, ...], delay: float, status: str
-) -> dict[str, Any]:
+    emitter: _Emitter,
+    chunks: tuple[str, ...],
+    controls: Controls,
+    *,
+    cut_short: bool,
+    steering: Optional[SteerTarget],
+) -> tuple[dict[str, Any], int]:
+    """The message item and how many deltas were sent: all of them, unless an accepted steer
+    stopped the text at a delta boundary (the item is then closed with the text so far)."""
+    delay = controls.delta_delay
     item_id = new_id("msg")
     base = {"item_id": item_id, "output_index": 0, "content_index": 0}
     await emitter.event(
@@ -452,23 +516,41 @@ async def _stream_text(
         }
     )
     await emitter.event({"type": "response.content_part.added", **base, "part": text_part("")})
+    sent: list[str] = []
     for chunk in chunks:
-        if delay:
+        if steering is not None:
+            if delay:
+                await steering.pause(delay)  # a steer accepted meanwhile wakes it at once
+            if steering.should_stop():
+                break
+        elif delay:
             await asyncio.sleep(delay)
         await emitter.event(
             {"type": "response.output_text.delta", **base, "delta": chunk, "logprobs": []}
         )
-    text = "".join(chunks)
+        sent.append(chunk)
+    if len(sent) == len(chunks):
+        await _finishing(controls, steering)
+    text = "".join(sent)
+    status = "incomplete" if cut_short or len(sent) < len(chunks) else "completed"
     await emitter.event({"type": "response.output_text.done", **base, "text": text, "logprobs": []})
     await emitter.event({"type": "response.content_part.done", **base, "part": text_part(text)})
     item = message_item(item_id, status, [text_part(text)])
     await emitter.event({"type": "response.output_item.done", "output_index": 0, "item": item})
-    return item
+    return item, len(sent)
 
 
 async def _stream_call(
-    emitter: _Emitter, plan: CallPlan, chunks: tuple[str, ...], delay: float, status: str
+    emitter: _Emitter,
+    plan: CallPlan,
+    chunks: tuple[str, ...],
+    controls: Controls,
+    status: str,
+    *,
+    steering: Optional[SteerTarget],
 ) -> dict[str, Any]:
+    """A function call: steering never cuts it (the client owns its output)."""
+    delay = controls.delta_delay
     item_id, call_id = new_id("fc"), new_id("call")
     await emitter.event(
         {
@@ -488,6 +570,7 @@ async def _stream_call(
                 "delta": chunk,
             }
         )
+    await _finishing(controls, steering)
     arguments = "".join(chunks)
     await emitter.event(
         {

@@ -17,6 +17,11 @@ DEFAULT_API_KEY = "sk-test"
 # is visible to every local user through `ps`.
 API_KEY_ENV = "OAIWS_EMULATOR_API_KEY"
 
+# How the WebSocket mode treats stream_id (docs/emulator.md, "Lane modes"): "on" serves lanes
+# as OpenAI does; "ignore" accepts the field and serves one response at a time per connection,
+# as Azure and xAI do; "refuse" answers a create that carries it with invalid_stream_id.
+LANE_MODES = ("on", "ignore", "refuse")
+
 
 @dataclass(frozen=True)
 class EmulatorOptions:
@@ -43,6 +48,7 @@ class EmulatorOptions:
     max_requests_per_minute: Optional[float] = None
     max_tokens_per_minute: Optional[float] = None
     rate_limit_burst: float = 1.0
+    lanes: str = "on"
 
     def __post_init__(self) -> None:
         if not isinstance(self.api_key, str) or not self.api_key:
@@ -88,6 +94,10 @@ class EmulatorOptions:
         if tickets != 2 and not self.tls:
             raise ConfigurationError("session_tickets needs tls=True")
         check_websocket_status(self.websocket_status)
+        if self.lanes not in LANE_MODES:
+            raise ConfigurationError(
+                f"lanes must be one of {', '.join(map(repr, LANE_MODES))}, not {self.lanes!r}"
+            )
 
     def __repr__(self) -> str:
         # The key is a secret even in a test double: users paste reprs into bug reports.
@@ -252,6 +262,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="how many seconds of either budget may arrive at once (default %(default)s)",
     )
+    add(
+        "--lanes",
+        choices=LANE_MODES,
+        default=d.lanes,
+        help="stream_id lanes: on (as OpenAI), ignore (accepted, one response at a time per"
+        " connection, as Azure and xAI), refuse (invalid_stream_id) (default %(default)s)",
+    )
 
 
 def options_from_namespace(args: argparse.Namespace, api_key: str) -> EmulatorOptions:
@@ -277,4 +294,5 @@ def options_from_namespace(args: argparse.Namespace, api_key: str) -> EmulatorOp
         max_requests_per_minute=args.max_requests_per_minute,
         max_tokens_per_minute=args.max_tokens_per_minute,
         rate_limit_burst=args.rate_limit_burst,
+        lanes=args.lanes,
     )

@@ -62,6 +62,7 @@ class EmulatorProcess(EmulatorBase):
         max_requests_per_minute: Optional[float] = None,
         max_tokens_per_minute: Optional[float] = None,
         rate_limit_burst: float = 1.0,
+        lanes: str = "on",
     ) -> None:
         self._options = EmulatorOptions(
             api_key=api_key,
@@ -85,6 +86,7 @@ class EmulatorProcess(EmulatorBase):
             max_requests_per_minute=max_requests_per_minute,
             max_tokens_per_minute=max_tokens_per_minute,
             rate_limit_burst=rate_limit_burst,
+            lanes=lanes,
         )
         self._process: Optional[subprocess.Popen[str]] = None
         # The switch's value, passed to each child that start() runs.

@@ -27,6 +27,8 @@ _WEBSOCKET_FORBIDDEN = ("stream", "stream_options", "background")
 
 OUTCOMES = ("completed", "failed", "incomplete")
 INCOMPLETE_REASONS = ("max_output_tokens", "max_messages", "content_filter", "steered")
+# What a response does with response.steer (docs/emulator.md, "Steering").
+STEERING_MODES = ("supported", "unsupported", "successor_fails")
 
 
 class RequestError(Exception):
@@ -98,6 +100,8 @@ class Controls:
     outcome: str
     incomplete_reason: str
     fault: Optional[Fault]
+    steering: str = "supported"
+    finish_delay: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -342,6 +346,13 @@ def _controls(
             f" (expected one of {', '.join(INCOMPLETE_REASONS)}).",
             param="metadata",
         )
+    steering = settings.get("emulator_steering", "supported")
+    if steering not in STEERING_MODES:
+        raise invalid(
+            f"Invalid value for metadata 'emulator_steering': {steering!r}"
+            f" (expected one of {', '.join(STEERING_MODES)}).",
+            param="metadata",
+        )
     fault: Optional[Fault] = None
     if "emulator_fault" in settings:
         try:
@@ -356,6 +367,8 @@ def _controls(
         outcome=outcome,
         incomplete_reason=reason,
         fault=fault,
+        steering=steering,
+        finish_delay=number("emulator_finish_delay_ms", 0.0) / 1000.0,
     )
 
 

@@ -42,6 +42,11 @@ STAT_KEYS = (
     "connections_closed_idle",
     "connections_closed_ping_timeout",
     "input_kb_processed",
+    "steers_received",
+    "steers_accepted",
+    "steers_pending",
+    "steers_failed",
+    "successors",
 )
 
 

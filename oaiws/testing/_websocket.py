@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
+import itertools
 import json
 import logging
 import time
@@ -19,6 +21,15 @@ from ._faults import Fault
 from ._hostile import OPCODE_TEXT, FragmentFlood, RawFrame, TextFrame, WireFrame
 from ._requests import STREAM_ID_PATTERN, CreateRequest, RequestError, parse_create
 from ._state import ConnectionCache
+from ._steering import (
+    SteeringRegistry,
+    SteerInvalid,
+    SteerTarget,
+    failed_event,
+    new_steer,
+    steer_input_items,
+    steer_target_id,
+)
 
 logger = logging.getLogger("oaiws.testing")
 
@@ -32,8 +43,53 @@ MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 @dataclass
 class _Lane:
-    queue: deque[tuple[CreateRequest, Optional[Fault]]] = field(default_factory=deque)
+    # (arrival ticket, request, fault), oldest first.
+    queue: deque[tuple[int, CreateRequest, Optional[Fault]]] = field(default_factory=deque)
     worker: Optional[asyncio.Task[None]] = None
+
+
+class _Admission:
+    """At most ``limit`` responses generated at once; waiting creates start in arrival order.
+
+    A semaphore would let a lane that just finished a response queue its next create behind
+    creates of other lanes that arrived after it; here every waiter carries its arrival ticket
+    and a freed slot goes to the oldest.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.free = limit
+        self._waiting: list[tuple[int, asyncio.Future[None]]] = []
+
+    def _oldest_waiting(self) -> Optional[int]:
+        while self._waiting and self._waiting[0][1].done():  # cancelled waiters
+            heapq.heappop(self._waiting)
+        return self._waiting[0][0] if self._waiting else None
+
+    async def acquire(self, ticket: int) -> None:
+        if self.free > 0 and self._oldest_waiting() is None:
+            self.free -= 1
+            return
+        granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._waiting, (ticket, granted))
+        try:
+            await granted
+        except asyncio.CancelledError:
+            if granted.done() and not granted.cancelled():
+                self.release()  # handed over just as the wait was cancelled: pass it on
+            raise
+
+    def keep_for(self, ticket: int) -> bool:
+        """Whether the holder of a slot may keep it for its next create (``ticket``): yes
+        unless an older create waits for one."""
+        oldest = self._oldest_waiting()
+        return oldest is None or ticket < oldest
+
+    def release(self) -> None:
+        if self._oldest_waiting() is not None:
+            _, granted = heapq.heappop(self._waiting)
+            granted.set_result(None)  # the slot passes straight to the oldest waiter
+        else:
+            self.free += 1
 
 
 class WebSocketSession:
@@ -60,9 +116,11 @@ class WebSocketSession:
         self.last_activity = self.created_at
         self.lanes: dict[Optional[str], _Lane] = {}
         self.named_lanes: set[str] = set()
+        self.tickets = itertools.count()
         self.send_lock = asyncio.Lock()
         # At most this many responses are generated at once; further creates wait their turn.
-        self.active = asyncio.Semaphore(MAX_ACTIVE_RESPONSES)
+        self.active = _Admission(MAX_ACTIVE_RESPONSES)
+        self.steering = SteeringRegistry(self.ctx.stats.add)
         self.closing = False
         # Set once a hostile raw frame left the wire inside a message or a frame: a data frame
         # sent after it could never be read as one, so none is sent (control frames still are).
@@ -93,6 +151,7 @@ class WebSocketSession:
             workers = [lane.worker for lane in self.lanes.values() if lane.worker is not None]
             await asyncio.gather(watchdog, *workers, return_exceptions=True)
             self.cache.clear()  # the cache dies with the connection
+            self.steering.clear()
 
     def close_soon(self, code: Optional[int], reason: str = "") -> None:
         """Close from any task of the loop without waiting (code None: drop TCP, no frame)."""
@@ -222,7 +281,9 @@ class WebSocketSession:
         raw_stream_id = payload.get("stream_id")
         echo = (
             raw_stream_id
-            if isinstance(raw_stream_id, str) and STREAM_ID_PATTERN.fullmatch(raw_stream_id)
+            if self.ctx.options.lanes == "on"
+            and isinstance(raw_stream_id, str)
+            and STREAM_ID_PATTERN.fullmatch(raw_stream_id)
             else None
         )
         kind = payload.get("type")
@@ -230,22 +291,32 @@ class WebSocketSession:
             await self._create(payload, echo)
             return
         if kind == "response.steer":
-            error = RequestError(
-                "response.steer is not supported by the emulated model.",
-                code="unsupported_event_type",
-                param="type",
-            )
-        else:
-            error = RequestError(
-                f"Invalid value: {kind!r}. Supported values are: 'response.create'.",
-                code="invalid_value",
-                param="type",
-            )
+            with contextlib.suppress(ConnectionAborted):  # the socket is gone: nobody to tell
+                await self._steer(payload)
+            return
+        error = RequestError(
+            f"Invalid value: {kind!r}. Supported values are: 'response.create', 'response.steer'.",
+            code="invalid_value",
+            param="type",
+        )
         await self._send_error(error, echo)
 
     async def _create(self, payload: dict[str, Any], echo: Optional[str]) -> None:
         self.ctx.stats.add("requests")
         options = self.ctx.options
+        if options.lanes == "ignore":
+            # A server without lanes (Azure, xAI): the field is accepted and means nothing.
+            payload = {k: v for k, v in payload.items() if k != "stream_id"}
+        elif options.lanes == "refuse" and "stream_id" in payload:
+            await self._send_error(
+                RequestError(
+                    "Unknown parameter: 'stream_id'. This server does not support WebSocket"
+                    " streams (lanes): send one response at a time per connection.",
+                    code="invalid_stream_id",
+                    param="stream_id",
+                )
+            )
+            return
         try:
             request = parse_create(
                 payload,
@@ -278,7 +349,7 @@ class WebSocketSession:
         if fault is None and request.controls.fault is None:
             fault = self.ctx.faults.take("request")
         state = self.lanes.setdefault(lane, _Lane())
-        state.queue.append((request, fault))
+        state.queue.append((next(self.tickets), request, fault))
         if state.worker is None:
             state.worker = asyncio.ensure_future(self._lane_worker(lane, state))
 
@@ -287,22 +358,101 @@ class WebSocketSession:
 
     async def _lane_worker(self, name: Optional[str], lane: _Lane) -> None:
         """Serve one lane's requests in arrival order: one response at a time per lane."""
+        holding = False
         try:
             while lane.queue and not self.closing:
-                request, fault = lane.queue.popleft()
-                sink = _WebSocketSink(self, request.stream_id)
-                async with self.active:
-                    await serve(self.ctx, request, sink, cache=self.cache, fault=fault)
+                ticket, request, fault = lane.queue.popleft()
+                if not holding:
+                    await self.active.acquire(ticket)
+                    holding = True
+                # Steer input waiting on the response this one continues joins its input.
+                request = self.steering.claim_for(request)
+                await self._serve_with_successors(request, fault)
                 self.last_activity = time.monotonic()
+                if not (lane.queue and self.active.keep_for(lane.queue[0][0])):
+                    holding = False
+                    self.active.release()
         except ConnectionAborted:
             pass
         except Exception:  # a bug must cost one connection, never the server
             logger.exception("serving a response failed; closing the connection")
             self.close_soon(1011, "internal error")
         finally:
+            if holding:
+                self.active.release()
             lane.worker = None
             if not lane.queue:
                 self.lanes.pop(name, None)
+
+    async def _serve_with_successors(self, request: CreateRequest, fault: Optional[Fault]) -> None:
+        """One response, then the automatic successors its accepted steers call for: on the
+        same lane, in the same active slot."""
+        target = self.steering.track(request)
+        sink = _WebSocketSink(self, request.stream_id)
+        await serve(self.ctx, request, sink, cache=self.cache, fault=fault, steering=target)
+        while True:
+            successor = await target.settle()
+            if successor is None:
+                return
+            request, chain = successor
+            self.ctx.stats.add("successors")
+            target = self.steering.track(request)
+            await serve(
+                self.ctx,
+                request,
+                sink,
+                cache=self.cache,
+                fault=None,
+                steering=target,
+                successor_of=chain,
+            )
+
+    async def _steer(self, payload: dict[str, Any]) -> None:
+        """Answer one ``response.steer`` (docs/emulator.md, "Steering")."""
+        stats = self.ctx.stats
+        stats.add("steers_received")
+        try:
+            previous = steer_target_id(payload)
+        except RequestError as error:
+            await self._send_error(error)
+            return
+        target = self.steering.find(previous)
+        steer = new_steer(previous, payload)
+        try:
+            steer.items = steer_input_items(payload)
+        except SteerInvalid as invalid:
+            await self._steer_failed(target, failed_event(steer, "invalid_input", str(invalid)))
+            return
+        if target is None:
+            await self._steer_failed(
+                None,
+                failed_event(
+                    steer,
+                    "response_not_found",
+                    f"Response with id '{previous}' is not available on this connection.",
+                ),
+            )
+            return
+        refusal = target.refusal()
+        if refusal is not None:
+            await self._steer_failed(target, failed_event(steer, *refusal))
+            return
+        target.accept(steer)
+        channel = target.channel
+        assert channel is not None  # a target can be found only once it has an id
+        stats.add("steers_accepted")
+        await channel.side_event({"type": "response.steer.accepted", "steer": steer.ref()})
+        if target.awaiting_input:
+            stats.add("steers_pending")
+            await channel.side_event(target.pending_event(steer))
+
+    async def _steer_failed(self, target: Optional[SteerTarget], event: dict[str, Any]) -> None:
+        self.ctx.stats.add("steers_failed")
+        if target is not None and target.channel is not None:
+            await target.channel.side_event(event)  # in the target's sequence, on its lane
+        else:
+            event["sequence_number"] = 0
+            await _WebSocketSink(self, None).send_event(event)
 
     # -- sending -----------------------------------------------------------------------------
 

@@ -245,15 +245,6 @@ def test_a_failed_continuation_evicts_its_parent_from_the_cache(emu):
     assert emu.stats()["hydrations"] == 1  # evicted from the cache, loaded from the store
 
 
-def test_steering_is_refused_with_a_typed_error_and_the_connection_stays_usable(emu):
-    with connect(emu) as conn:
-        first = turn(conn, input="a").pop().response
-        conn.response.steer(input="faster", previous_response_id=first.id)
-        (error,) = until_terminal(conn)
-        assert isinstance(error, ResponseWsError) and error.error.code == "unsupported_event_type"
-        assert turn(conn, input="b")[-1].response.status == "completed"
-
-
 def test_max_age_limit_reached_then_closed_1001(oaiws_emulator_factory):
     emu = oaiws_emulator_factory(max_connection_age=0.5)
     with connect(emu) as conn:
