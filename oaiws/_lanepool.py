@@ -96,7 +96,7 @@ class LanePool:
                     if channel is not None:
                         return channel
                     waiting_for_own = self._waits_for_own_lane(lease, now, started)
-                    if not waiting_for_own:
+                    if not waiting_for_own and not self._coming():
                         if self._opening + len(self._muxes) < self._config.max_connections:
                             self._opening += 1
                             break
@@ -156,9 +156,14 @@ class LanePool:
             self._stats.add("lane_misses")
         return mux.take(lane, lease)
 
-    def _waits_for_own_lane(
-        self, lease: Optional[LaneLease], now: float, started: float
-    ) -> bool:
+    def _coming(self) -> bool:
+        """A connection is being opened or probed: it will take up to ``MAX_ACTIVE``
+        requests within a round trip, so waiting beats opening yet another."""
+        return self._opening > 0 or any(
+            mux.state == "probing" and not mux.unusable for mux in self._muxes
+        )
+
+    def _waits_for_own_lane(self, lease: Optional[LaneLease], now: float, started: float) -> bool:
         """A lease whose connection is full waits there up to ``affinity_wait``."""
         if lease is None or lease.lane is None:
             return False
@@ -278,9 +283,10 @@ class LanePool:
             and not any(lane.leased_by() is not None for lane in mux.lanes.values())
         ):
             mux.retiring = True
-        if mux.should_close() and mux in self._muxes:
+        if (mux.unusable or mux.should_close()) and mux in self._muxes:
+            # Broken (its requests are told as they read) or done: it no longer counts
+            # against max_connections. Called by the reader, which closes its own socket.
             self._muxes.remove(mux)
-            # Called by the reader: it closes its own socket once it sees this.
             mux.closed = True
             self._stats.add("connections_closed")
         self._changed.notify_all()

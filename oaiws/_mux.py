@@ -318,8 +318,10 @@ class MuxConnection:
         conn = self.conn
         config = self.config
         frame_timeout = config.connect_timeout
-        care = _CARE_INTERVAL if config.ping_interval is None else min(
-            _CARE_INTERVAL, config.ping_interval
+        care = (
+            _CARE_INTERVAL
+            if config.ping_interval is None
+            else min(_CARE_INTERVAL, config.ping_interval)
         )
         failure: tuple[type[APIError], str] = (
             APIConnectionError,

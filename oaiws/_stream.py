@@ -428,8 +428,13 @@ class _Request:
             return
         ledger.sent(steer)
         try:
-            send({"type": "response.steer", "previous_response_id": steer.response_id,
-                  "input": steer.input})
+            send(
+                {
+                    "type": "response.steer",
+                    "previous_response_id": steer.response_id,
+                    "input": steer.input,
+                }
+            )
         except APIError as error:
             ledger.unsent(steer)
             steer.error = SteerFailedError(
@@ -512,8 +517,9 @@ class _Request:
         ledger = self.ledger
         if ledger is None:
             return []
-        return [item for steer in list(ledger.all) if steer.status == "pending" for item in
-                steer.input]
+        return [
+            item for steer in list(ledger.all) if steer.status == "pending" for item in steer.input
+        ]
 
     def _interrupted(self, cls: type[StreamInterruptedError], cause: str) -> StreamInterruptedError:
         error = cls(
