@@ -5,6 +5,7 @@ from __future__ import annotations
 from . import errors
 from ._client import Client
 from ._events import Event, Response
+from ._steering import Steer
 from ._stream import ResponseStream
 from ._version import __version__
 from .batch import BatchProgress, BatchResult, BatchRun
@@ -30,6 +31,7 @@ from .errors import (
     PreviousResponseNotFoundError,
     ProtocolError,
     RateLimitError,
+    SteerFailedError,
     StreamClosedError,
     StreamInterruptedError,
     StreamTimeoutError,
@@ -65,6 +67,8 @@ __all__ = [
     "RateLimitError",
     "Response",
     "ResponseStream",
+    "Steer",
+    "SteerFailedError",
     "StreamClosedError",
     "StreamInterruptedError",
     "StreamTimeoutError",

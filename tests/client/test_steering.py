@@ -1,0 +1,309 @@
+"""Steering (``stream.steer``) against the emulator over real sockets, with and without lanes:
+the three outcomes, the successor, steering from another thread, and the transcript of a
+steered conversation giving the same context on replay."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Callable
+
+import pytest
+
+import oaiws
+from oaiws.testing import Emulator, expected_text
+
+ClientFactory = Callable[..., oaiws.Client]
+
+WEATHER = {
+    "type": "function",
+    "name": "get_weather",
+    "description": "The weather in a city.",
+    "parameters": {
+        "type": "object",
+        "properties": {"city": {"type": "string"}},
+        "required": ["city"],
+    },
+}
+
+SLOW = {"emulator_deltas": "40", "emulator_delta_delay_ms": "10"}
+
+
+@pytest.fixture(params=[False, True], ids=["default", "lanes"])
+def lanes(request: pytest.FixtureRequest) -> bool:
+    return bool(request.param)
+
+
+def deltas_then_steer(stream: oaiws.ResponseStream, after: int, text: str) -> oaiws.Steer:
+    """Read ``after`` text deltas, then steer; returns the submission."""
+    seen = 0
+    for event in stream:
+        if event.type == "response.output_text.delta":
+            seen += 1
+            if seen == after:
+                return stream.steer(text)
+    raise AssertionError("the response ended before it could be steered")
+
+
+def replayed_answer(emu: Emulator, history: list[Any], next_input: Any) -> str:
+    """The answer to ``next_input`` after ``history`` sent in full on a fresh client."""
+    with oaiws.Client(api_key=emu.api_key, base_url=emu.base_url) as fresh:
+        items = next_input if isinstance(next_input, list) else [next_input]
+        replay = fresh.create_response(
+            model="m", input=[*history, *items], store=False, metadata=SLOW
+        )
+        return replay.output_text
+
+
+def test_an_accepted_steer_ends_the_response_and_the_stream_follows_its_successor(
+    client_for: ClientFactory, lanes: bool
+) -> None:
+    with Emulator() as emu:
+        client = client_for(emu, lanes=lanes)
+        stream = client.generate_response(model="m", input="a story", metadata=SLOW)
+        steer = deltas_then_steer(stream, 5, "make it about cats")
+        response = stream.until_done()
+        kinds = [e.type for e in stream.events]
+        accepted = kinds.index("response.steer.accepted")
+        incomplete = kinds.index("response.incomplete")
+        assert accepted < incomplete < kinds.index("response.created", 1) < len(kinds) - 1
+        assert kinds[-1] == "response.completed"
+        [steered] = stream.steered
+        assert steered.status == "incomplete"
+        assert steered.get("incomplete_details") == {"reason": "steered"}
+        assert response.status == "completed"
+        assert response.get("previous_response_id") == steered.id
+        assert steer.status == "applied" and steer.settled
+        assert steer.response_id == steered.id and steer.successor_id == response.id
+        assert steer.id is not None and steer.id.startswith("steer_")
+        history = [
+            {"role": "user", "content": "a story"},
+            {"role": "assistant", "content": steered.output_text},
+        ]
+        assert response.output_text == expected_text(
+            "make it about cats", history=history, deltas=40
+        )
+        if lanes:
+            lane = stream.events[0].get("stream_id")
+            assert lane and all(e.get("stream_id") == lane for e in stream.events)
+        # The connection is clean: the next request gets its own answer only.
+        assert client.create_response(model="m", input="next").output_text == expected_text("next")
+        assert emu.stats()["steers_accepted"] == 1 and emu.stats()["successors"] == 1
+
+
+def test_steering_from_another_thread_while_the_stream_is_read(
+    client_for: ClientFactory, lanes: bool
+) -> None:
+    with Emulator() as emu:
+        client = client_for(emu, lanes=lanes)
+        stream = client.generate_response(model="m", input="long answer", metadata=SLOW)
+        started = threading.Event()
+        outcome: dict[str, Any] = {}
+
+        def steerer() -> None:
+            started.wait(10)
+            steer = stream.steer([{"role": "user", "content": "shorter please"}])
+            outcome["settled"] = steer.wait(10)
+            outcome["steer"] = steer
+
+        thread = threading.Thread(target=steerer)
+        thread.start()
+        for event in stream:
+            if event.type == "response.output_text.delta":
+                started.set()
+        thread.join(10)
+        assert outcome["settled"] is True
+        assert outcome["steer"].status == "applied"
+        assert stream.response is not None and stream.response.id == outcome["steer"].successor_id
+        assert len(stream.steered) == 1
+
+
+def test_a_steer_sent_before_the_response_started_goes_out_at_its_creation(
+    client_for: ClientFactory, lanes: bool
+) -> None:
+    with Emulator() as emu:
+        client = client_for(emu, lanes=lanes)
+        stream = client.generate_response(model="m", input="early", metadata=SLOW)
+        steer = stream.steer("before anything")
+        assert steer.status == "queued"
+        response = stream.until_done()
+        assert steer.status == "applied" and response.id == steer.successor_id
+
+
+def test_a_failed_steer_is_shown_and_the_response_goes_on(
+    client_for: ClientFactory, lanes: bool
+) -> None:
+    with Emulator() as emu:
+        client = client_for(emu, lanes=lanes)
+        metadata = {**SLOW, "emulator_steering": "unsupported"}
+        stream = client.generate_response(model="m", input="steadfast", metadata=metadata)
+        steer = deltas_then_steer(stream, 3, "change course")
+        response = stream.until_done()
+        assert response.status == "completed"
+        assert response.output_text == expected_text("steadfast", deltas=40)
+        assert not stream.steered
+        assert steer.status == "failed"
+        assert isinstance(steer.error, oaiws.SteerFailedError)
+        assert steer.error.code == "steering_not_supported"
+        assert steer.error.status_code == 400 and steer.error.steer_id == steer.id
+        assert "response.steer.failed" in [e.type for e in stream.events]
+
+
+def test_raise_on_failure_raises_after_the_final_event_with_the_response(
+    client_for: ClientFactory, lanes: bool
+) -> None:
+    with Emulator() as emu:
+        client = client_for(emu, lanes=lanes)
+        metadata = {**SLOW, "emulator_steering": "successor_fails"}
+        stream = client.generate_response(model="m", input="fragile", metadata=metadata)
+        seen = 0
+        with pytest.raises(oaiws.SteerFailedError) as caught:
+            for event in stream:
+                if event.type == "response.output_text.delta":
+                    seen += 1
+                    if seen == 3:
+                        stream.steer("try this", raise_on_failure=True)
+        error = caught.value
+        assert error.code == "successor_creation_failed"
+        assert error.response is not None and error.response.status == "incomplete"
+        assert error.response_id == error.response.id
+        assert "successor_creation_failed" in str(error)
+        # The connection went back clean.
+        assert client.create_response(model="m", input="after").status == "completed"
+
+
+def test_steering_a_finished_response_or_with_bad_input_is_refused_before_sending(
+    client_for: ClientFactory,
+) -> None:
+    with Emulator() as emu:
+        client = client_for(emu)
+        stream = client.generate_response(model="m", input="short")
+        with pytest.raises(oaiws.ConfigurationError, match="user messages only"):
+            stream.steer([{"role": "assistant", "content": "no"}])
+        with pytest.raises(oaiws.ConfigurationError):
+            stream.steer("")
+        stream.until_done()
+        with pytest.raises(oaiws.SteerFailedError) as caught:
+            stream.steer("too late")
+        assert caught.value.code == "response_already_completed"
+        assert emu.stats()["steers_received"] == 0
+
+
+def test_steering_over_http_fails_clearly(client_for: ClientFactory) -> None:
+    with Emulator() as emu:
+        client = client_for(emu, transport="http")
+        stream = client.generate_response(model="m", input="over http", metadata=SLOW)
+        steer = deltas_then_steer(stream, 2, "hello")
+        assert steer.status == "failed"
+        assert steer.error is not None and steer.error.code == "steering_not_supported"
+        assert stream.until_done().status == "completed"
+
+
+def test_steering_waits_for_tool_outputs_then_joins_the_next_turn(
+    client_for: ClientFactory, lanes: bool
+) -> None:
+    with Emulator() as emu:
+        client = client_for(emu, lanes=lanes)
+        conv = client.conversation(model="m", tools=[WEATHER], store=False, metadata=SLOW)
+        stream = conv.stream("use get_weather for Paris")
+        steer = None
+        for event in stream:
+            if event.type == "response.function_call_arguments.delta" and steer is None:
+                steer = stream.steer("and tell me about Rome too")
+        assert steer is not None and steer.status == "pending"
+        assert steer.required_input and steer.required_input[0]["type"] == "function_call_output"
+        response = stream.response
+        assert response is not None and response.status == "completed"
+        kinds = [e.type for e in stream.events]
+        assert kinds.index("response.completed") < kinds.index("response.steer.pending")
+        assert kinds[-1] == "response.steer.pending"
+        [call] = [item for item in response.output if item["type"] == "function_call"]
+        output = {"type": "function_call_output", "call_id": call["call_id"], "output": "sunny"}
+        before = conv.history
+        answer = conv.send(output)
+        # The server put the steering input before the tool output; the transcript too.
+        assert conv.history[len(before)] == {
+            "type": "message",
+            "role": "user",
+            "content": "and tell me about Rome too",
+        }
+        steer_message = conv.history[len(before)]
+        assert answer.output_text == replayed_answer(emu, before, [steer_message, output])
+
+
+def test_a_steered_conversation_replays_to_the_same_context(
+    client_for: ClientFactory, lanes: bool
+) -> None:
+    with Emulator() as emu:
+        client = client_for(emu, lanes=lanes)
+        conv = client.conversation(model="m", store=False, metadata=SLOW)
+        stream = conv.stream("first question")
+        deltas_then_steer(stream, 4, "actually, a second question")
+        final = stream.until_done()
+        history = conv.history
+        assert [item.get("role") for item in history] == ["user", "assistant", "user", "assistant"]
+        assert history[1]["status"] == "incomplete"
+        assert conv.last_response_id == final.id
+        # The next turn continues from the successor (a cache hit) ...
+        answer = conv.send("a third")
+        assert emu.stats()["cache_hits"] >= 1
+        # ... and the same transcript replayed in full gives the same answer.
+        assert answer.output_text == replayed_answer(
+            emu, history, {"role": "user", "content": "a third"}
+        )
+        # Resumed elsewhere from its saved state (store=False: the transcript), it replays.
+        with oaiws.Client(api_key=emu.api_key, base_url=emu.base_url, lanes=lanes) as other:
+            state = conv.state()
+            resumed = other.conversation(state=state)
+            follow = resumed.send("a fourth")
+            again = conv.send("a fourth")
+            assert follow.output_text == again.output_text
+
+
+def test_steering_two_lanes_at_once_reaches_each_its_own_response(
+    client_for: ClientFactory,
+) -> None:
+    with Emulator() as emu:
+        client = client_for(emu, lanes=True, max_connections=1)
+        first = client.generate_response(model="m", input="one", metadata=SLOW)
+        second = client.generate_response(model="m", input="two", metadata=SLOW)
+        a, b = iter(first), iter(second)
+        next(a)
+        next(b)
+        steer_a = first.steer("steer one")
+        steer_b = second.steer("steer two")
+        for stream in (first, second):
+            stream.until_done()
+        assert emu.stats()["connections_total"] == 1
+        for stream, steer, text in ((first, steer_a, "steer one"), (second, steer_b, "steer two")):
+            assert steer.status == "applied"
+            [steered] = stream.steered
+            assert steer.response_id == steered.id
+            history = [
+                {"role": "user", "content": "one" if stream is first else "two"},
+                {"role": "assistant", "content": steered.output_text},
+            ]
+            assert stream.response is not None
+            assert stream.response.output_text == expected_text(text, history=history, deltas=40)
+
+
+def test_steering_over_tls_from_another_thread(
+    oaiws_emulator_factory: Any, client_for: ClientFactory, lanes: bool
+) -> None:
+    emu = oaiws_emulator_factory(tls=True)
+    client = client_for(emu, verify=emu.ca_path, lanes=lanes)
+    stream = client.generate_response(model="m", input="secure story", metadata=SLOW)
+    steers: list[oaiws.Steer] = []
+    ready = threading.Event()
+
+    def steerer() -> None:
+        ready.wait(10)
+        steers.append(stream.steer("secure steer"))
+
+    thread = threading.Thread(target=steerer)
+    thread.start()
+    for event in stream:
+        if event.type == "response.output_text.delta":
+            ready.set()
+    thread.join(10)
+    assert steers and steers[0].status == "applied"
+    assert stream.response is not None and stream.response.id == steers[0].successor_id
