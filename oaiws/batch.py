@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 from ._closing import ClosesOnExit
+from ._mux import MAX_ACTIVE
 from ._pacing import ConcurrencyLimit, Pacer, estimate_tokens
 from ._retry import MAX_RETRY_AFTER
 from ._stream import collect_response
@@ -285,14 +286,18 @@ class BatchRun(ClosesOnExit, Iterator[BatchResult]):
     ) -> None:
         runtime.check_open()
         max_connections = runtime.config.max_connections
+        # With lanes, each connection runs up to MAX_ACTIVE responses at once.
+        capacity = max_connections * (MAX_ACTIVE if runtime.config.lanes else 1)
         if concurrency is None:
             concurrency = max_connections
         check_count("concurrency", concurrency)
-        if concurrency > max_connections:
+        if concurrency > capacity:
+            per = f" × {MAX_ACTIVE} lanes" if runtime.config.lanes else ""
             raise ConfigurationError(
-                f"concurrency={concurrency} is more than the client's max_connections="
-                f"{max_connections}: the extra requests would only wait for a connection (and "
-                "fail with PoolTimeoutError); raise max_connections or lower concurrency"
+                f"concurrency={concurrency} is more than the client can run at once "
+                f"(max_connections={max_connections}{per}): the extra requests would only wait "
+                "for a connection (and fail with PoolTimeoutError); raise max_connections or "
+                "lower concurrency"
             )
         for name, value in (
             ("max_requests_per_minute", max_requests_per_minute),

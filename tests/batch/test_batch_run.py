@@ -323,8 +323,19 @@ def test_waiting_for_its_turn_does_not_count_against_a_requests_timeout(
 
 def test_concurrency_beyond_the_pool_is_refused(emulator: Emulator) -> None:
     client = client_on(emulator, max_connections=2)
-    with client, pytest.raises(ConfigurationError, match="more than the client's max_connections"):
+    with client, pytest.raises(ConfigurationError, match="more than the client can run at once"):
         client.batch(questions(3), concurrency=8)
+
+
+def test_with_lanes_a_batch_runs_sixteen_per_connection(emulator: Emulator) -> None:
+    with client_on(emulator, max_connections=1, lanes=True) as client:
+        with pytest.raises(ConfigurationError, match=r"max_connections=1 × 16 lanes"):
+            client.batch(questions(3), concurrency=17)
+        with client.batch(questions(48), concurrency=16) as run:
+            results = list(run)
+        assert all(r.ok for r in results), [r.error for r in results]
+        assert client.pool_stats()["lane_requests"] == 48
+    assert emulator.stats()["handshakes"] == 1
 
 
 def test_a_retry_after_too_long_to_honour_does_not_stall_the_run(emulator: Emulator) -> None:
