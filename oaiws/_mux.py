@@ -46,7 +46,7 @@ import weakref
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from ._connection import Connection
-from ._steering import SteerLedger
+from ._steering import SteerLedger, is_steer_refusal
 from .errors import APIConnectionError, APIError, APITimeoutError, ProtocolError
 
 if TYPE_CHECKING:
@@ -386,6 +386,12 @@ class MuxConnection:
                 self._violation(f"an event for lane {stream_id!r}, which serves no request")
                 return
             if self.state == "probing":
+                if kind == "error" and _error_code(data) == "invalid_stream_id":
+                    # Refused, naming the lane it refuses: no lanes here either.
+                    self.retiring = True
+                    self._on_lanes_missing(self, "refused")
+                    lane.deliver(_REFUSED)
+                    return
                 self.state = "lanes"
                 self._on_change(self)  # confirmed: others may join
             self._track(lane, kind, data)
@@ -397,6 +403,14 @@ class MuxConnection:
         if kind.__class__ is str and kind.startswith("response.steer."):
             self._route_steer(data)
             return
+        if kind == "error" and is_steer_refusal(data):
+            # A server that does not know response.steer names no lane in its refusal: it is
+            # for the request that steered.
+            for lane in self.lanes.values():
+                ledger = lane.channel.ledger if lane.channel is not None else None
+                if ledger is not None and ledger.oldest_unanswered() is not None:
+                    lane.deliver(data)
+                    return
         if kind == "error":
             # Connection-level: every request here gets it; the connection is done.
             logger.debug("lane connection #%d: connection-level error event", self.id)
@@ -552,7 +566,8 @@ class LaneChannel:
     def recv_json(self, timeout: float) -> Any:
         data = self.mux.next_event(self.lane, timeout)
         kind = data.get("type") if data.__class__ is dict else None
-        self._at_end = kind in _TERMINAL
+        # A refused steer's error ends nothing (the stream turns it into a steer failure).
+        self._at_end = kind in _TERMINAL and not (kind == "error" and is_steer_refusal(data))
         return data
 
     def __repr__(self) -> str:

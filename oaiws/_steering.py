@@ -23,13 +23,28 @@ from typing import Any, Optional
 
 from .errors import ConfigurationError, SteerFailedError
 
-__all__ = ["STEER_EVENTS", "Steer", "SteerLedger", "steer_items"]
+__all__ = ["STEER_EVENTS", "Steer", "SteerLedger", "is_steer_refusal", "steer_items"]
 
 STEER_EVENTS = frozenset(
     {"response.steer.accepted", "response.steer.pending", "response.steer.failed"}
 )
 
 _CONTENT_PARTS = frozenset({"input_text", "input_image", "input_file"})
+
+# How a server that does not know ``response.steer`` refuses it: an ``error`` event about the
+# event's type (never about a response).
+_UNKNOWN_EVENT_CODES = frozenset({"unsupported_event_type", "unknown_event_type"})
+
+
+def is_steer_refusal(data: Mapping[str, Any]) -> bool:
+    """Whether an ``error`` event refuses an event type the server does not know."""
+    nested = data.get("error")
+    fields: Mapping[str, Any] = nested if isinstance(nested, Mapping) else data
+    code = fields.get("code")
+    return data.get("type") == "error" and (
+        code in _UNKNOWN_EVENT_CODES
+        or (code in ("invalid_value", "invalid_type") and fields.get("param") == "type")
+    )
 
 
 def steer_items(value: Any) -> list[dict[str, Any]]:
@@ -145,6 +160,11 @@ class SteerLedger:
     def open(self) -> bool:
         """Whether the server still owes an answer or a successor."""
         return bool(self._unanswered or self._accepted)
+
+    def oldest_unanswered(self) -> Optional[Steer]:
+        """The submission the next answer is for, if any."""
+        with self._lock:
+            return self._unanswered[0] if self._unanswered else None
 
     def sent(self, steer: Steer) -> None:
         """Record a submission before it is sent (so its answer always finds it)."""

@@ -28,7 +28,7 @@ from ._closing import ClosesOnExit
 from ._events import TERMINAL_EVENT_TYPES, Event, Response, ResponseAccumulator
 from ._mux import LaneChannel, LanesUnavailable
 from ._retry import AttemptFailed, KeepAliveDropped
-from ._steering import STEER_EVENTS, Steer, SteerLedger, steer_items
+from ._steering import STEER_EVENTS, Steer, SteerLedger, is_steer_refusal, steer_items
 from .errors import (
     APIConnectionError,
     APIError,
@@ -476,6 +476,30 @@ class _Request:
                 answered.error._add_context(request_id=self.request_id)
         return False
 
+    def steer_refusal(self, data: Any) -> Optional[dict[str, Any]]:
+        """An ``error`` event that refuses a ``response.steer`` the server does not know (an
+        older server or a gateway), as the ``response.steer.failed`` it stands for; ``None``
+        for any other error, which ends the request."""
+        ledger = self.ledger
+        if ledger is None or data.__class__ is not dict or not is_steer_refusal(data):
+            return None
+        steer = ledger.oldest_unanswered()
+        if steer is None:
+            return None
+        nested = data.get("error")
+        message = nested.get("message") if isinstance(nested, dict) else None
+        log.debug("the server does not know response.steer: %s", message)
+        return {
+            "type": "response.steer.failed",
+            "steer": {"id": None, "previous_response_id": steer.response_id},
+            "error": {
+                "type": "invalid_request_error",
+                "code": "steering_not_supported",
+                "message": f"the server does not support steering ({message or 'refused'})",
+            },
+            "refused_by": data,
+        }
+
     def more_to_come(self) -> bool:
         """After a terminal event: whether steering still owes an answer or a successor."""
         ledger = self.ledger
@@ -591,7 +615,11 @@ def _events(request: _Request) -> Generator[Event, None, None]:
             data = request.receive()
             kind = data.get("type") if data.__class__ is dict else None
             if kind.__class__ is not str or kind == "error":
-                request.check(data)  # raises: not an event, or a request-scoped error
+                refusal = request.steer_refusal(data)
+                if refusal is None:
+                    request.check(data)  # raises: not an event, or a request-scoped error
+                else:
+                    data, kind = refusal, refusal["type"]
         failure = request.steer_failure()
         if failure is not None:
             raise failure

@@ -4,10 +4,17 @@ steered conversation giving the same context on replay."""
 
 from __future__ import annotations
 
+import contextlib
+import json
+import socket
+import socketserver
+import struct
 import threading
+from collections.abc import Iterator
 from typing import Any, Callable
 
 import pytest
+from support import read_upgrade, text_frame, upgrade_answer
 
 import oaiws
 from oaiws.testing import Emulator, expected_text
@@ -307,3 +314,121 @@ def test_steering_over_tls_from_another_thread(
     thread.join(10)
     assert steers and steers[0].status == "applied"
     assert stream.response is not None and stream.response.id == steers[0].successor_id
+
+
+# -- a server that does not know response.steer ----------------------------------------
+
+
+def _read_client_frame(sock: socket.socket) -> tuple[int, bytes]:
+    """One masked client frame: (opcode, payload)."""
+
+    def exactly(count: int) -> bytes:
+        data = b""
+        while len(data) < count:
+            chunk = sock.recv(count - len(data))
+            if not chunk:
+                raise ConnectionError("client gone")
+            data += chunk
+        return data
+
+    first, second = exactly(2)
+    length = second & 0x7F
+    if length == 126:
+        (length,) = struct.unpack("!H", exactly(2))
+    elif length == 127:
+        (length,) = struct.unpack("!Q", exactly(8))
+    mask = exactly(4)
+    payload = bytes(b ^ mask[i % 4] for i, b in enumerate(exactly(length)))
+    return first & 0x0F, payload
+
+
+class _NoSteeringHandler(socketserver.StreamRequestHandler):
+    """Answers one response.create with a slow response, and a response.steer with the
+    error a server that does not know the event type sends (no lane named)."""
+
+    def handle(self) -> None:
+        self.wfile.write(upgrade_answer(read_upgrade(self.rfile)))
+        self.wfile.flush()
+        sock = self.request
+        _opcode, payload = _read_client_frame(sock)
+        create = json.loads(payload)
+        lane = create.get("stream_id")
+
+        def send(event: dict[str, Any]) -> None:
+            if lane is not None:
+                event["stream_id"] = lane
+            self.wfile.write(text_frame(json.dumps(event).encode()))
+            self.wfile.flush()
+
+        response = {"id": "resp_old", "object": "response", "status": "in_progress", "output": []}
+        send({"type": "response.created", "sequence_number": 0, "response": response})
+        send(
+            {
+                "type": "response.output_text.delta",
+                "sequence_number": 1,
+                "output_index": 0,
+                "content_index": 0,
+                "item_id": "msg_1",
+                "delta": "Hello",
+            }
+        )
+        _opcode, payload = _read_client_frame(sock)  # the steer
+        assert json.loads(payload)["type"] == "response.steer"
+        refusal = {
+            "type": "error",
+            "status": 400,
+            "error": {
+                "type": "invalid_request_error",
+                "code": "unsupported_event_type",
+                "message": "Unsupported event type 'response.steer'.",
+                "param": "type",
+            },
+        }
+        self.wfile.write(text_frame(json.dumps(refusal).encode()))  # names no lane
+        self.wfile.flush()
+        done = {
+            **response,
+            "status": "completed",
+            "output": [
+                {
+                    "type": "message",
+                    "id": "msg_1",
+                    "role": "assistant",
+                    "status": "completed",
+                    "content": [{"type": "output_text", "text": "Hello world", "annotations": []}],
+                }
+            ],
+        }
+        send({"type": "response.completed", "sequence_number": 2, "response": done})
+        with contextlib.suppress(ConnectionError, OSError):
+            while _read_client_frame(sock)[0] != 8:  # until the client's close frame
+                pass
+
+
+@pytest.fixture
+def no_steering_server() -> Iterator[str]:
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _NoSteeringHandler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_server_that_does_not_know_steering_fails_the_steer_not_the_response(
+    no_steering_server: str, lanes: bool
+) -> None:
+    with oaiws.Client(api_key="sk-test", base_url=no_steering_server, lanes=lanes) as client:
+        stream = client.generate_response(model="m", input="hi")
+        steer = deltas_then_steer(stream, 1, "steer me")
+        response = stream.until_done()
+        assert response.status == "completed" and response.output_text == "Hello world"
+        assert steer.status == "failed"
+        assert steer.error is not None and steer.error.code == "steering_not_supported"
+        assert "Unsupported event type" in steer.error.message
+        failed = [e for e in stream.events if e.type == "response.steer.failed"]
+        assert len(failed) == 1 and failed[0]["refused_by"]["error"]["code"] == (
+            "unsupported_event_type"
+        )
