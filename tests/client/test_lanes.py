@@ -7,15 +7,18 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socketserver
 import threading
 import time
 from collections import defaultdict
 from typing import Any, Callable
 
 import pytest
+from support import read_upgrade, text_frame, upgrade_answer
 from waiting import wait_for
 
 import oaiws
+from oaiws import _mux
 from oaiws._mux import MAX_ACTIVE, MAX_LANES
 from oaiws.testing import Emulator, Fault, expected_text
 
@@ -463,3 +466,59 @@ def test_lanes_refuse_a_stream_id_of_the_callers_and_http_transport() -> None:
         oaiws.Client(api_key="sk-test", lanes=True, transport="http")
     with pytest.raises(oaiws.ConfigurationError, match="lanes must be True or False"):
         oaiws.Client(api_key="sk-test", lanes="yes")  # type: ignore[arg-type]
+
+
+# -- a lying server, and a request that stops reading ----------------------------------
+
+
+class _LyingLaneHandler(socketserver.StreamRequestHandler):
+    """Confirms the probe's lane, then sends an event for a lane nobody asked for."""
+
+    def handle(self) -> None:
+        self.wfile.write(upgrade_answer(read_upgrade(self.rfile)))
+        self.wfile.flush()
+        self.request.recv(65536)  # the response.create (one small frame)
+        created = {
+            "type": "response.created",
+            "stream_id": "oaiws-0",
+            "response": {"id": "resp_1", "status": "in_progress", "output": []},
+        }
+        stray = {**created, "stream_id": "nobody-asked", "response": {"id": "resp_2"}}
+        for event in (created, stray):
+            self.wfile.write(text_frame(json.dumps(event).encode()))
+        self.wfile.flush()
+        self.request.recv(65536)  # until the client closes
+
+
+def test_an_event_for_a_lane_that_serves_no_request_is_a_protocol_error() -> None:
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _LyingLaneHandler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    base_url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    try:
+        with oaiws.Client(api_key="sk-test", base_url=base_url, lanes=True) as client:
+            stream = client.generate_response(model="m", input="hi")
+            assert next(iter(stream)).type == "response.created"
+            with pytest.raises(oaiws.ProtocolError, match="nobody-asked"):
+                stream.until_done()
+            assert client.pool_stats()["lane_connections"] == 0
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_request_that_stops_reading_fails_before_its_buffer_grows_without_bound(
+    client_for: ClientFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_mux, "MAX_BUFFERED_EVENTS", 50)
+    with Emulator(deltas=300) as emu:
+        client = client_for(emu, lanes=True, max_connections=2)
+        stream = client.generate_response(model="m", input="unread")
+        next(iter(stream))
+        wait_for(lambda: emu.stats()["responses_completed"] == 1, what="the response sent")
+        with pytest.raises(oaiws.StreamInterruptedError, match="buffered 50 unread events"):
+            stream.until_done()
+        short = {"emulator_deltas": "5"}  # well within the lowered bound
+        assert client.create_response(model="m", input="next", metadata=short).status == (
+            "completed"
+        )
