@@ -513,7 +513,11 @@ def test_a_request_that_stops_reading_fails_before_its_buffer_grows_without_boun
     monkeypatch.setattr(_mux, "MAX_BUFFERED_EVENTS", 50)
     with Emulator(deltas=300) as emu:
         client = client_for(emu, lanes=True, max_connections=2)
-        stream = client.generate_response(model="m", input="unread")
+        # The first event alone, then (after a pause) the rest at once, unread.
+        pause = json.dumps({"stall_after_first_event": 0.3})
+        stream = client.generate_response(
+            model="m", input="unread", metadata={"emulator_fault": pause}
+        )
         next(iter(stream))
         wait_for(lambda: emu.stats()["responses_completed"] == 1, what="the response sent")
         with pytest.raises(oaiws.StreamInterruptedError, match="buffered 50 unread events"):
