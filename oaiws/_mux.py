@@ -227,14 +227,18 @@ class MuxConnection:
         return self.closed or self.failure is not None or self.conn.closed
 
     def free_lane(self) -> Optional[Lane]:
-        """A lane for a new request: an idle unleased one, else a new name while there is
-        room (``MAX_LANES`` distinct names per connection, for its whole life)."""
-        for lane in self.lanes.values():
-            if not lane.busy and lane.leased_by() is None:
-                return lane
+        """A lane for a new request: a new name while there is room (``MAX_LANES`` distinct
+        names per connection, for its whole life), else the least recently used idle lane
+        that no conversation keeps. So a lane's cache (a chain the caller continues with
+        ``previous_response_id``) lasts as long as it can."""
         if len(self.lanes) < MAX_LANES:
             return self.new_lane()
-        return None
+        oldest: Optional[Lane] = None
+        for lane in self.lanes.values():
+            idle = not lane.busy and lane.leased_by() is None
+            if idle and (oldest is None or lane.last_used < oldest.last_used):
+                oldest = lane
+        return oldest
 
     def new_lane(self) -> Lane:
         name = f"oaiws-{len(self.lanes)}"
