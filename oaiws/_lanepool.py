@@ -140,6 +140,20 @@ class LanePool:
             lease.lane = None  # gone, retiring, or full for too long: the chain moves
             if affinity is not None:
                 stats.add("lane_misses")
+        if lease is None and affinity is not None:
+            # A continuation of a chain managed by the caller: the idle lane whose cache holds
+            # it, if any (a conversation's lane stays its own).
+            for mux in self._muxes:
+                if mux.active < MAX_ACTIVE and mux.accepting(now):
+                    for lane in mux.lanes.values():
+                        if (
+                            lane.last_response_id == affinity
+                            and not lane.busy
+                            and lane.leased_by() is None
+                        ):
+                            stats.add("lane_hits")
+                            return self._take(mux, lane, None, None)
+            stats.add("lane_misses")
         for mux in sorted(self._muxes, key=lambda m: -m.live):
             if mux.active < MAX_ACTIVE and mux.accepting(now):
                 free = mux.free_lane()

@@ -526,3 +526,21 @@ def test_a_request_that_stops_reading_fails_before_its_buffer_grows_without_boun
         assert client.create_response(model="m", input="next", metadata=short).status == (
             "completed"
         )
+
+
+def test_a_continuation_of_a_chain_of_ones_own_goes_to_the_lane_holding_it(
+    client_for: ClientFactory,
+) -> None:
+    with Emulator(deltas=3) as emu:
+        client = client_for(emu, lanes=True, max_connections=2)
+        for i in range(4):  # a few lanes in use on the connection
+            client.create_response(model="m", input=f"filler {i}")
+        first = client.create_response(model="m", input="start", store=False)
+        for i in range(3):
+            client.create_response(model="m", input=f"more filler {i}")
+        follow = client.create_response(
+            model="m", input="continue", previous_response_id=first.id, store=False
+        )
+        assert follow.status == "completed"
+        assert emu.stats()["cache_hits"] == 1
+        assert client.pool_stats()["lane_hits"] == 1
