@@ -292,7 +292,7 @@ class BatchRun(ClosesOnExit, Iterator[BatchResult]):
             concurrency = max_connections
         check_count("concurrency", concurrency)
         if concurrency > capacity:
-            per = f" × {MAX_ACTIVE} lanes" if runtime.config.lanes else ""
+            per = f" x {MAX_ACTIVE} lanes" if runtime.config.lanes else ""
             raise ConfigurationError(
                 f"concurrency={concurrency} is more than the client can run at once "
                 f"(max_connections={max_connections}{per}): the extra requests would only wait "

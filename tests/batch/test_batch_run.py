@@ -329,7 +329,7 @@ def test_concurrency_beyond_the_pool_is_refused(emulator: Emulator) -> None:
 
 def test_with_lanes_a_batch_runs_sixteen_per_connection(emulator: Emulator) -> None:
     with client_on(emulator, max_connections=1, lanes=True) as client:
-        with pytest.raises(ConfigurationError, match=r"max_connections=1 × 16 lanes"):
+        with pytest.raises(ConfigurationError, match=r"max_connections=1 x 16 lanes"):
             client.batch(questions(3), concurrency=17)
         with client.batch(questions(48), concurrency=16) as run:
             results = list(run)
