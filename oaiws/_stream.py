@@ -111,6 +111,7 @@ class _Request:
         "channels",
         "conn",
         "deadline",
+        "ended",
         "ended_part",
         "events",
         "failure",
@@ -170,6 +171,7 @@ class _Request:
         self.ledger: Optional[SteerLedger] = None
         self.queued_steers: list[Steer] = []  # before the response's id was known
         self.response_id: Optional[str] = None  # the response in flight
+        self.ended = False  # the stream decided to end: no steer may be sent any more
         self.steered: list[Response] = []  # responses that steering replaced, in order
         # A response that ended while steering still owed an answer or a successor.
         self.ended_part: Optional[tuple[dict[str, Any], Response]] = None
@@ -392,7 +394,7 @@ class _Request:
         items = steer_items(value)  # checked before anything is sent
         steer = Steer(items, raise_on_failure=raise_on_failure)
         with self.steer_lock:
-            if self.response is not None or self.failure is not None:
+            if self.ended or self.response is not None or self.failure is not None:
                 raise SteerFailedError(
                     "this stream's response has already ended: send the input as a new "
                     "request (or a new turn of the conversation)",
@@ -505,6 +507,17 @@ class _Request:
         ledger = self.ledger
         return ledger is not None and ledger.open
 
+    def end_here(self) -> bool:
+        """After a terminal event: whether the stream ends now. Decided under ``steer_lock``,
+        so that a steer sent from another thread either counts (the stream reads on to its
+        answer) or is refused: never sent for a stream that has let its connection go, where
+        its answer would reach the next request."""
+        with self.steer_lock:
+            if self.more_to_come():
+                return False
+            self.ended = True
+            return True
+
     def end_part(self, data: dict[str, Any]) -> None:
         """A terminal event after which steering still owes something: keep reading."""
         if data.get("response").__class__ is not dict:
@@ -520,7 +533,7 @@ class _Request:
         """After a steering answer: when a response had ended and nothing more is owed, the
         stream is over (``finish`` done)."""
         ended = self.ended_part
-        if ended is None or self.more_to_come():
+        if ended is None or not self.end_here():
             return False
         self.ended_part = None
         self.finish(ended[0], ended[1])
@@ -606,7 +619,7 @@ def _events(request: _Request) -> Generator[Event, None, None]:
                 event = Event(data)
                 keep(event)
                 if kind in TERMINAL_EVENT_TYPES:
-                    if not request.more_to_come():
+                    if request.end_here():
                         request.finish(data)
                         yield event
                         break

@@ -17,6 +17,7 @@ import pytest
 from support import read_upgrade, text_frame, upgrade_answer
 
 import oaiws
+from oaiws import _stream
 from oaiws.testing import Emulator, expected_text
 
 ClientFactory = Callable[..., oaiws.Client]
@@ -432,3 +433,47 @@ def test_a_server_that_does_not_know_steering_fails_the_steer_not_the_response(
         assert len(failed) == 1 and failed[0]["refused_by"]["error"]["code"] == (
             "unsupported_event_type"
         )
+
+
+def test_a_steer_sent_as_the_response_ends_never_reaches_the_next_request(
+    client_for: ClientFactory, lanes: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The stream has read its terminal event and is finishing (about to give its connection
+    # back) when another thread steers: the steer must be refused, never sent, or its answer
+    # would arrive on a connection that serves the next request.
+    finishing = threading.Event()
+    steered = threading.Event()
+    original = _stream._Request.finish
+
+    def slow_finish(self: Any, data: Any, built: Any = None) -> None:
+        finishing.set()
+        steered.wait(10)
+        original(self, data, built)
+
+    monkeypatch.setattr(_stream._Request, "finish", slow_finish)
+    with Emulator(deltas=3) as emu:
+        client = client_for(emu, lanes=lanes, max_connections=1)
+        stream = client.generate_response(model="m", input="ending")
+        box: dict[str, Any] = {}
+
+        def steer_at_the_end() -> None:
+            finishing.wait(10)
+            try:
+                box["steer"] = stream.steer("too late?")
+            except oaiws.SteerFailedError as error:
+                box["error"] = error
+            steered.set()
+
+        racer = threading.Thread(target=steer_at_the_end)
+        racer.start()
+        assert stream.until_done().status == "completed"
+        racer.join(10)
+        assert "steer" not in box, "a steer was sent for a stream that had ended"
+        assert box["error"].code == "response_already_completed"
+        monkeypatch.setattr(_stream._Request, "finish", original)
+        after = client.generate_response(model="m", input="after")
+        kinds = [event.type for event in after]
+        assert not [kind for kind in kinds if kind.startswith("response.steer")]
+        assert after.response is not None
+        assert after.response.output_text == expected_text("after", deltas=3)
+        assert emu.stats()["steers_received"] == 0
