@@ -24,6 +24,7 @@ Each request gets a lane of a ``MuxConnection`` (``_mux``) for its response. The
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import random
@@ -65,10 +66,13 @@ class LanePool:
         _live_pools.add(self)
 
     def _init_state(self) -> None:
-        self._lock = threading.Lock()
+        # Re-entrant: a stream dropped in a reference cycle gives its lane back from a garbage
+        # collection, which may run in a thread already holding the lock (a reader routing).
+        self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
         self._muxes: list[MuxConnection] = []
         self._opening = 0
+        self._waiters: collections.deque[object] = collections.deque()  # the line, oldest first
         self._pid = os.getpid()
 
     # -- checkout ---------------------------------------------------------------------------
@@ -78,97 +82,62 @@ class LanePool:
     ) -> LaneChannel:
         """A lane for one request (the lease's own when it can); raises ``PoolTimeoutError``
         after ``timeout`` seconds in line, ``ClientClosedError``, the errors of a handshake,
-        or ``LanesUnavailable`` once the server was found to have no lanes."""
+        or ``LanesUnavailable`` once the server was found to have no lanes.
+
+        Requests wait in line, first come first served: a newcomer never takes a lane while
+        an older request waits. A conversation's turn takes its own lane whenever it is free
+        (the lane is kept for it, nobody else's to take).
+        """
         self._check_fork()
         started = time.monotonic()
         deadline = started + timeout
         closing: list[MuxConnection] = []
+        ticket: Optional[object] = None
         try:
             with self._lock:
-                while True:
-                    if self._closed:
-                        raise closed_error()
-                    if self.unsupported:
-                        raise LanesUnavailable("the server has no lanes")
-                    now = time.monotonic()
-                    closing.extend(self._sweep(now))
-                    channel = self._assign(lease, affinity, now, started)
-                    if channel is not None:
-                        return channel
-                    waiting_for_own = self._waits_for_own_lane(lease, now, started)
-                    if not waiting_for_own and not self._coming():
-                        if self._opening + len(self._muxes) < self._config.max_connections:
-                            self._opening += 1
-                            break
-                        channel = self._evict(lease, now)
+                try:
+                    while True:
+                        if self._closed:
+                            raise closed_error()
+                        if self.unsupported:
+                            raise LanesUnavailable("the server has no lanes")
+                        now = time.monotonic()
+                        closing.extend(self._sweep(now))
+                        channel, own_wait = self._own_lane(lease, now, started)
+                        if channel is None and not own_wait:
+                            if not self._waiters or self._waiters[0] is ticket:
+                                channel = self._any_lane(affinity, now)
+                                if channel is None and not self._coming():
+                                    if self._opening + len(self._muxes) < self._max:
+                                        self._opening += 1
+                                        break
+                                    channel = self._evict(now)
+                            if channel is None and ticket is None:
+                                ticket = object()
+                                self._waiters.append(ticket)
                         if channel is not None:
-                            return channel
-                    remaining = deadline - now
-                    if remaining <= 0:
-                        self._stats.add("requests_timeouts")
-                        raise PoolTimeoutError(
-                            f"no lane became free within pool_timeout={timeout:g}s "
-                            f"({len(self._muxes)} connections of at most "
-                            f"{self._config.max_connections}, each with at most {MAX_ACTIVE} "
-                            "responses at once)"
-                        )
-                    if waiting_for_own:
-                        remaining = min(remaining, self._config.affinity_wait - (now - started))
-                    self._changed.wait(max(remaining, 0.001))
+                            return self._handed(channel, lease, affinity)
+                        remaining = deadline - now
+                        if remaining <= 0:
+                            self._stats.add("requests_timeouts")
+                            raise PoolTimeoutError(
+                                f"no lane became free within pool_timeout={timeout:g}s "
+                                f"({len(self._muxes)} connections of at most {self._max}, "
+                                f"each with at most {MAX_ACTIVE} responses at once)"
+                            )
+                        if own_wait:
+                            remaining = min(remaining, self._config.affinity_wait - (now - started))
+                        self._changed.wait(max(remaining, 0.001))
+                finally:
+                    if ticket is not None:
+                        self._waiters.remove(ticket)
+                        self._changed.notify_all()  # the next in line may go
         finally:
             for mux in closing:
                 mux.close()
-        return self._open(lease)
-
-    def _assign(
-        self, lease: Optional[LaneLease], affinity: Optional[str], now: float, started: float
-    ) -> Optional[LaneChannel]:
-        stats = self._stats
-        if lease is not None and lease.lane is not None:
-            lane = lease.lane
-            mux = lane.mux
-            if lane.leased_by() is lease and not lane.busy and mux.accepting(now):
-                if mux.active < MAX_ACTIVE:
-                    stats.add("lane_requests")
-                    stats.add("checkouts")
-                    if affinity is not None:
-                        hit = lane.last_response_id == affinity
-                        stats.add("lane_hits" if hit else "lane_misses")
-                    return mux.take(lane, lease)
-                if now - started < self._config.affinity_wait:
-                    return None  # full: wait for room there (see _waits_for_own_lane)
-            lease.lane = None  # gone, retiring, or full for too long: the chain moves
-            if affinity is not None:
-                stats.add("lane_misses")
-        if lease is None and affinity is not None:
-            # A continuation of a chain managed by the caller: the idle lane whose cache holds
-            # it, if any (a conversation's lane stays its own).
-            for mux in self._muxes:
-                if mux.active < MAX_ACTIVE and mux.accepting(now):
-                    for lane in mux.lanes.values():
-                        if (
-                            lane.last_response_id == affinity
-                            and not lane.busy
-                            and lane.leased_by() is None
-                        ):
-                            stats.add("lane_hits")
-                            return self._take(mux, lane, None, None)
-            stats.add("lane_misses")
-        for mux in sorted(self._muxes, key=lambda m: -m.live):
-            if mux.active < MAX_ACTIVE and mux.accepting(now):
-                free = mux.free_lane()
-                if free is not None:
-                    return self._take(mux, free, lease, affinity)
-        return None
-
-    def _take(
-        self, mux: MuxConnection, lane: Lane, lease: Optional[LaneLease], affinity: Optional[str]
-    ) -> LaneChannel:
-        self._stats.add("lane_requests")
-        self._stats.add("checkouts")
-        if lease is not None and affinity is not None and lease.lane is None:
-            self._stats.add("lane_misses")
-        return mux.take(lane, lease)
+        conn_channel = self._open(lease)
+        self._count_affinity(conn_channel, affinity)
+        return conn_channel
 
     def _coming(self) -> bool:
         """A connection is being opened or probed: it will take up to ``MAX_ACTIVE``
@@ -177,20 +146,71 @@ class LanePool:
             mux.state == "probing" and not mux.unusable for mux in self._muxes
         )
 
-    def _waits_for_own_lane(self, lease: Optional[LaneLease], now: float, started: float) -> bool:
-        """A lease whose connection is full waits there up to ``affinity_wait``."""
-        if lease is None or lease.lane is None:
-            return False
-        lane = lease.lane
-        return (
-            lane.leased_by() is lease
-            and lane.mux.accepting(now)
-            and now - started < self._config.affinity_wait
-        )
+    @property
+    def _max(self) -> int:
+        return self._config.max_connections
 
-    def _evict(self, lease: Optional[LaneLease], now: float) -> Optional[LaneChannel]:
-        """Every lane is busy or leased and no connection may be opened: take the lane of the
-        least recently used idle lease on a connection with room."""
+    def _handed(
+        self, channel: LaneChannel, lease: Optional[LaneLease], affinity: Optional[str]
+    ) -> LaneChannel:
+        """Bookkeeping of a lane given to a request (under the lock)."""
+        if lease is not None:
+            channel.lane.lease = weakref.ref(lease)
+            lease.lane = channel.lane
+        self._stats.add("lane_requests")
+        self._stats.add("checkouts")
+        self._count_affinity(channel, affinity)
+        return channel
+
+    def _count_affinity(self, channel: LaneChannel, affinity: Optional[str]) -> None:
+        """A continuation's lane holds its previous response (a hit) or not (a miss)."""
+        if affinity is not None:
+            hit = channel.lane.last_response_id == affinity
+            self._stats.add("lane_hits" if hit else "lane_misses")
+
+    def _own_lane(
+        self, lease: Optional[LaneLease], now: float, started: float
+    ) -> tuple[Optional[LaneChannel], bool]:
+        """A conversation's own lane when it can run there now; else whether to wait for room
+        there (its connection is full: up to ``affinity_wait``). A lease whose lane is gone,
+        retiring or full for too long lets it go: the chain moves."""
+        if lease is None or lease.lane is None:
+            return None, False
+        lane = lease.lane
+        mux = lane.mux
+        if lane.leased_by() is lease and not lane.busy and mux.accepting(now):
+            if mux.active < MAX_ACTIVE:
+                return mux.take(lane, lease), False
+            if now - started < self._config.affinity_wait:
+                return None, True
+        lease.lane = None
+        return None, False
+
+    def _any_lane(self, affinity: Optional[str], now: float) -> Optional[LaneChannel]:
+        """A lane for a request that has none of its own: the idle lane whose cache holds
+        ``affinity`` (a chain the caller continues itself), else one on the busiest
+        connection with room (few sockets)."""
+        candidates = [
+            mux for mux in self._muxes if mux.active < MAX_ACTIVE and mux.accepting(now)
+        ]
+        if affinity is not None:
+            for mux in candidates:
+                for lane in mux.lanes.values():
+                    if (
+                        lane.last_response_id == affinity
+                        and not lane.busy
+                        and lane.leased_by() is None
+                    ):
+                        return mux.take(lane, None)
+        for mux in sorted(candidates, key=lambda m: -m.live):
+            free = mux.free_lane()
+            if free is not None:
+                return mux.take(free, None)
+        return None
+
+    def _evict(self, now: float) -> Optional[LaneChannel]:
+        """Every lane is busy or kept and no connection may be opened: take back the lane of
+        the least recently used idle conversation, on a connection with room."""
         oldest: Optional[Lane] = None
         for mux in self._muxes:
             if mux.active >= MAX_ACTIVE or not mux.accepting(now):
@@ -206,7 +226,7 @@ class LanePool:
             self._stats.add("lane_evictions")
         oldest.lease = None
         oldest.last_response_id = None
-        return self._take(oldest.mux, oldest, lease, None)
+        return oldest.mux.take(oldest, None)
 
     def _open(self, lease: Optional[LaneLease]) -> LaneChannel:
         """Open a connection (outside the lock) and probe lanes on it with this request."""
@@ -233,8 +253,6 @@ class LanePool:
                 on_lanes_missing=self._on_lanes_missing,
             )
             self._muxes.append(mux)
-            if lease is not None:
-                lease.lane = None
             self._stats.add("lane_requests")
             self._stats.add("checkouts")
             channel = mux.take(mux.new_lane(), lease)
@@ -314,6 +332,7 @@ class LanePool:
                 done.append(mux)
         for mux in done:
             self._muxes.remove(mux)
+            self._stats.add("connections_closed")
         return done
 
     def _on_lanes_missing(self, mux: MuxConnection, how: str) -> None:
@@ -338,10 +357,12 @@ class LanePool:
     # -- the rest ---------------------------------------------------------------------------
 
     def stats(self) -> dict[str, int]:
-        """Gauges: ``lane_connections``, ``lanes_active``, ``lanes_leased``."""
+        """Gauges: ``lane_connections``, ``lanes_active``, ``lanes_leased``,
+        ``lanes_waiting``."""
         with self._lock:
             return {
                 "lane_connections": len(self._muxes),
+                "lanes_waiting": len(self._waiters),
                 "lanes_active": sum(mux.active for mux in self._muxes),
                 "lanes_leased": sum(
                     1

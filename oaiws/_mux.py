@@ -176,7 +176,7 @@ class MuxConnection:
         self,
         conn: Connection,
         config: ClientConfig,
-        lock: threading.Lock,
+        lock: threading.RLock,
         *,
         retire_at: float,
         on_change: Callable[[MuxConnection], None],
@@ -191,6 +191,10 @@ class MuxConnection:
         self.state = "probing"  # then "lanes", or "plain" for a server without lanes
         self.retiring = False  # takes no new request; closes when its last one ends
         self.closed = False
+        # The lanes that sent steers, in the order sent: a server that does not know
+        # response.steer refuses each with an error naming no lane, in that order. (A server
+        # that knows it answers on the lane; the bound keeps this from growing there.)
+        self.steered_lanes: collections.deque[Lane] = collections.deque(maxlen=MAX_LANES * 4)
         self.failure: Optional[tuple[type[APIError], str]] = None
         self.retire_at = retire_at
         self.idle_since = time.monotonic()
@@ -402,10 +406,12 @@ class MuxConnection:
         if stream_id.__class__ is str:
             lane = self.lanes.get(stream_id)
             if lane is None or not lane.busy:
-                self._violation(f"an event for lane {stream_id!r}, which serves no request")
+                self._violation(
+                    f"an event for lane {stream_id[:64]!r}, which serves no request"
+                )
                 return
             if self.state == "probing":
-                if kind == "error" and _error_code(data) == "invalid_stream_id":
+                if kind == "error" and _refuses_lanes(data):
                     # Refused, naming the lane it refuses: no lanes here either.
                     self.retiring = True
                     self._on_lanes_missing(self, "refused")
@@ -424,12 +430,14 @@ class MuxConnection:
             return
         if kind == "error" and is_steer_refusal(data):
             # A server that does not know response.steer names no lane in its refusal: it is
-            # for the request that steered.
-            for lane in self.lanes.values():
-                ledger = lane.channel.ledger if lane.channel is not None else None
-                if ledger is not None and ledger.oldest_unanswered() is not None:
-                    lane.deliver(data)
-                    return
+            # for the oldest steer sent on this connection. One for no request is dropped.
+            try:
+                lane = self.steered_lanes.popleft()
+            except IndexError:
+                logger.debug("lane connection #%d: a steering refusal for no request", self.id)
+                return
+            lane.deliver(data)
+            return
         if kind == "error":
             # Connection-level: every request here gets it; the connection is done.
             logger.debug("lane connection #%d: connection-level error event", self.id)
@@ -450,8 +458,7 @@ class MuxConnection:
         lane = lanes[0]
         if self.state == "probing":
             self.retiring = True  # either way this connection serves no other request
-            code = _error_code(data) if kind == "error" else None
-            if code == "invalid_stream_id":
+            if kind == "error" and _refuses_lanes(data):
                 self._on_lanes_missing(self, "refused")
                 lane.deliver(_REFUSED)
                 return
@@ -477,7 +484,7 @@ class MuxConnection:
         if kind == "response.created":
             response = data.get("response")
             response_id = response.get("id") if isinstance(response, dict) else None
-            if response_id.__class__ is str:
+            if isinstance(response_id, str):
                 lane.response_ids.add(response_id)
         elif kind in _TERMINAL:
             response = data.get("response")
@@ -568,13 +575,22 @@ class LaneChannel:
         self.mux.send(payload)
 
     def send_concurrent(self, payload: Any) -> None:
-        """Send from another thread than the reader of this channel (steering)."""
-        self.mux.send(payload)
+        """Send a steer, from any thread."""
+        mux = self.mux
+        with mux.send_lock:
+            mux.steered_lanes.append(self.lane)
+            try:
+                mux.conn.send_json(payload)
+            except BaseException:
+                mux.steered_lanes.pop()
+                raise
 
     def interrupt(self) -> None:
         """From another thread: the owner's next read fails at once (``APIConnectionError``);
         the owner then gives the lane up (abandoned, unless its response had ended)."""
         with self.mux.lock:
+            if self.lane.channel is not self:
+                return  # given back meanwhile: the lane may serve someone else now
             self.lane.deliver(
                 APIConnectionError(
                     f"the request on lane {self.lane.name} of connection #{self.mux.id} was "
@@ -593,8 +609,12 @@ class LaneChannel:
         return f"<LaneChannel {self.lane.name} of connection #{self.mux.id}>"
 
 
-def _error_code(data: dict[str, Any]) -> Optional[str]:
+def _refuses_lanes(data: dict[str, Any]) -> bool:
+    """Whether a probe's error says the server has no lanes: ``invalid_stream_id``, or any
+    client error about the ``stream_id`` field (``unknown_parameter``, ...)."""
     nested = data.get("error")
     fields = nested if isinstance(nested, dict) else data
-    code = fields.get("code")
-    return code if isinstance(code, str) else None
+    status = data.get("status")
+    return fields.get("code") == "invalid_stream_id" or (
+        fields.get("param") == "stream_id" and not (isinstance(status, int) and status >= 500)
+    )

@@ -161,6 +161,19 @@ class SteerLedger:
         """Whether the server still owes an answer or a successor."""
         return bool(self._unanswered or self._accepted)
 
+    @property
+    def accepted(self) -> bool:
+        """Whether an accepted submission waits for its successor."""
+        return bool(self._accepted)
+
+    def open_steers(self) -> list[Steer]:
+        """Submissions still owed an answer or a successor; forgets them (the stream ended)."""
+        with self._lock:
+            steers = [*self._unanswered, *self._accepted.values()]
+            self._unanswered.clear()
+            self._accepted.clear()
+        return steers
+
     def oldest_unanswered(self) -> Optional[Steer]:
         """The submission the next answer is for, if any."""
         with self._lock:

@@ -17,6 +17,7 @@ reference cycle waiting for the garbage collector) and its ``finally`` closes th
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -329,10 +330,14 @@ class _Request:
                 )
             )
         error = error_from_event(data, response_id=self._response_id())
-        if isinstance(error, APIStatusError) and (error.status_code or 500) < 500:
+        with self.steer_lock:
+            self.ended = True  # no steer may be sent from here on
+            owed = self.more_to_come()
+        if isinstance(error, APIStatusError) and (error.status_code or 500) < 500 and not owed:
             # A request-scoped error ends the request; the connection itself is sound.
             self._return_connection()
         else:
+            # A server error, or steering still owes an answer that must reach no one else.
             self.drop_connection(f"error event {getattr(error, 'code', None)}")
         raise self._context(error)
 
@@ -403,11 +408,11 @@ class _Request:
                 )
             if self.ledger is None:
                 self.ledger = SteerLedger()
-            conn = self.conn
-            if isinstance(conn, LaneChannel):
-                conn.ledger = self.ledger
-            if self.response_id is None or conn is None:
-                self.queued_steers.append(steer)  # sent when the response's id arrives
+            waiting_for_successor = self.ended_part is not None and self.ledger.accepted
+            if self.response_id is None or self.conn is None or waiting_for_successor:
+                # Sent when the response (or the successor on its way) is created.
+                steer.status = "queued"
+                self.queued_steers.append(steer)
                 return steer
             self._send_steer(steer)
         return steer
@@ -418,6 +423,9 @@ class _Request:
         ledger = self.ledger
         assert ledger is not None
         steer.response_id = self.response_id
+        if isinstance(conn, LaneChannel):
+            # The lane is not settled while the ledger owes anything (see LaneChannel).
+            conn.ledger = ledger
         send = getattr(conn, "send_concurrent", None)
         if send is None:
             ledger.all.append(steer)
@@ -469,7 +477,10 @@ class _Request:
                 self.response_id = response_id if isinstance(response_id, str) else None
                 queued, self.queued_steers = self.queued_steers, []
                 for waiting in queued:
-                    self._send_steer(waiting)
+                    # A failed send fails that steer; the lost connection then ends the stream
+                    # at its next read, as an interruption with the stream's context.
+                    with contextlib.suppress(APIError):
+                        self._send_steer(waiting)
             return True
         ledger = self.ledger
         if ledger is not None:
@@ -538,6 +549,26 @@ class _Request:
         self.ended_part = None
         self.finish(ended[0], ended[1])
         return True
+
+    def settle_open_steers(self) -> None:
+        """The stream is over: a submission the server never answered (or never took up)
+        fails with ``stream_ended``, so that nobody waits on it forever."""
+        with self.steer_lock:
+            self.ended = True
+            queued, self.queued_steers = self.queued_steers, []
+            ledger = self.ledger
+        open_steers = queued + (ledger.open_steers() if ledger is not None else [])
+        for steer in open_steers:
+            if ledger is not None and steer not in ledger.all:
+                ledger.all.append(steer)
+            steer.error = SteerFailedError(
+                "the stream ended before the server answered this steering input (it was "
+                "closed, interrupted or failed)",
+                code="stream_ended",
+                response_id=steer.response_id or self.response_id,
+                request_id=self.request_id,
+            )
+            steer._settle("failed")
 
     def steer_failure(self) -> Optional[SteerFailedError]:
         """The first failed submission whose caller asked to be told, for the stream's end."""
@@ -645,6 +676,7 @@ def _events(request: _Request) -> Generator[Event, None, None]:
         # Reached with the connection still held only when the response was not read to its
         # end: an error, a timeout, or the caller leaving early (break, exception, dropped).
         request.drop_connection("the response was not read to its end")
+        request.settle_open_steers()
         if request.turn is not None:
             request.turn.end()
 
@@ -758,6 +790,9 @@ class ResponseStream(ClosesOnExit):
     def close(self) -> None:
         """Stop: closes the connection unless the response was read to its end."""
         self._events.close()
+        # A stream closed before it started never ran its generator: its queued steers too
+        # must fail rather than wait forever.
+        self._request.settle_open_steers()
 
     def __repr__(self) -> str:
         request = self._request

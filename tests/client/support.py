@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import socket
 import socketserver
+import struct
 import threading
 from typing import Any, Callable
 
@@ -42,6 +44,29 @@ def text_frame(payload: bytes, *, fin: bool = True) -> bytes:
     if length < 65536:
         return bytes([first, 126]) + length.to_bytes(2, "big") + payload
     return bytes([first, 127]) + length.to_bytes(8, "big") + payload
+
+
+def read_client_frame(sock: socket.socket) -> tuple[int, bytes]:
+    """One masked frame from a client, read from ``sock``: ``(opcode, payload)``."""
+
+    def exactly(count: int) -> bytes:
+        data = b""
+        while len(data) < count:
+            chunk = sock.recv(count - len(data))
+            if not chunk:
+                raise ConnectionError("the client is gone")
+            data += chunk
+        return data
+
+    first, second = exactly(2)
+    length = second & 0x7F
+    if length == 126:
+        (length,) = struct.unpack("!H", exactly(2))
+    elif length == 127:
+        (length,) = struct.unpack("!Q", exactly(8))
+    mask = exactly(4)
+    payload = bytes(byte ^ mask[i % 4] for i, byte in enumerate(exactly(length)))
+    return first & 0x0F, payload
 
 
 class RawRequest:

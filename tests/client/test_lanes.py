@@ -4,6 +4,7 @@ rotation, conversations keeping their lane, servers without lanes, fork safety, 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -14,7 +15,7 @@ from collections import defaultdict
 from typing import Any, Callable
 
 import pytest
-from support import read_upgrade, text_frame, upgrade_answer
+from support import read_client_frame, read_upgrade, text_frame, upgrade_answer
 from waiting import wait_for
 
 import oaiws
@@ -372,7 +373,8 @@ def test_a_conversation_whose_connection_is_gone_replays_on_another(
         reply = conv.send("two")
         history = [{"role": "user", "content": "one"}, {"role": "assistant", "content": first}]
         assert reply.output_text == expected_text("two", history=history, deltas=4)
-        assert client.pool_stats()["replays"] == 1
+        stats = client.pool_stats()
+        assert (stats["replays"], stats["lane_misses"], stats["lane_hits"]) == (1, 1, 0)
 
 
 # -- rotation ----------------------------------------------------------------------------
@@ -544,3 +546,83 @@ def test_a_continuation_of_a_chain_of_ones_own_goes_to_the_lane_holding_it(
         assert follow.status == "completed"
         assert emu.stats()["cache_hits"] == 1
         assert client.pool_stats()["lane_hits"] == 1
+
+
+def test_requests_waiting_for_a_lane_are_served_in_arrival_order(
+    client_for: ClientFactory,
+) -> None:
+    with Emulator(deltas=4, delta_delay=0.02) as emu:
+        client = client_for(emu, lanes=True, max_connections=1)
+        client.create_response(model="m", input="warm")
+        holders = [client.generate_response(model="m", input=f"hold {i}") for i in range(16)]
+        for stream in holders:
+            next(iter(stream))
+        order: list[str] = []
+
+        def waiter(name: str) -> None:
+            stream = client.generate_response(model="m", input=name)
+            next(iter(stream))
+            order.append(name)
+            stream.until_done()
+
+        threads = []
+        for count, name in enumerate(("first", "second", "third"), start=1):
+            thread = threading.Thread(target=waiter, args=(name,))
+            thread.start()
+            threads.append(thread)
+            wait_for(lambda n=count: client.pool_stats()["lanes_waiting"] == n, what="in line")
+        for count, stream in enumerate(holders[:3], start=1):
+            stream.until_done()  # one lane frees: the oldest waiter takes it
+            wait_for(lambda n=count: len(order) == n, what="a waiter served")
+        for thread in threads:
+            thread.join(10)
+        assert order == ["first", "second", "third"]
+        for stream in holders[3:]:
+            stream.until_done()
+
+
+class _UnknownFieldHandler(socketserver.StreamRequestHandler):
+    """A server without lanes that refuses the unknown field as servers usually do."""
+
+    def handle(self) -> None:
+        self.wfile.write(upgrade_answer(read_upgrade(self.rfile)))
+        self.wfile.flush()
+        with contextlib.suppress(ConnectionError, OSError):
+            while True:
+                opcode, payload = read_client_frame(self.request)
+                if opcode == 8:
+                    return
+                event = json.loads(payload)
+                if "stream_id" in event:
+                    answer: dict[str, Any] = {
+                        "type": "error",
+                        "status": 400,
+                        "error": {
+                            "type": "invalid_request_error",
+                            "code": "unknown_parameter",
+                            "message": "Unknown parameter: 'stream_id'.",
+                            "param": "stream_id",
+                        },
+                    }
+                else:
+                    answer = {
+                        "type": "response.completed",
+                        "response": {"id": "resp_1", "status": "completed", "output": []},
+                    }
+                self.wfile.write(text_frame(json.dumps(answer).encode()))
+                self.wfile.flush()
+
+
+def test_a_server_refusing_stream_id_as_an_unknown_parameter_turns_lanes_off() -> None:
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _UnknownFieldHandler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    base_url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    try:
+        with oaiws.Client(api_key="sk-test", base_url=base_url, lanes=True) as client:
+            for _ in range(3):
+                assert client.create_response(model="m", input="x").status == "completed"
+            assert client.pool_stats()["lane_fallbacks"] == 1
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -6,15 +6,14 @@ from __future__ import annotations
 
 import contextlib
 import json
-import socket
 import socketserver
-import struct
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any, Callable
 
 import pytest
-from support import read_upgrade, text_frame, upgrade_answer
+from support import read_client_frame, read_upgrade, text_frame, upgrade_answer
 
 import oaiws
 from oaiws import _stream
@@ -320,29 +319,6 @@ def test_steering_over_tls_from_another_thread(
 # -- a server that does not know response.steer ----------------------------------------
 
 
-def _read_client_frame(sock: socket.socket) -> tuple[int, bytes]:
-    """One masked client frame: (opcode, payload)."""
-
-    def exactly(count: int) -> bytes:
-        data = b""
-        while len(data) < count:
-            chunk = sock.recv(count - len(data))
-            if not chunk:
-                raise ConnectionError("client gone")
-            data += chunk
-        return data
-
-    first, second = exactly(2)
-    length = second & 0x7F
-    if length == 126:
-        (length,) = struct.unpack("!H", exactly(2))
-    elif length == 127:
-        (length,) = struct.unpack("!Q", exactly(8))
-    mask = exactly(4)
-    payload = bytes(b ^ mask[i % 4] for i, b in enumerate(exactly(length)))
-    return first & 0x0F, payload
-
-
 class _NoSteeringHandler(socketserver.StreamRequestHandler):
     """Answers one response.create with a slow response, and a response.steer with the
     error a server that does not know the event type sends (no lane named)."""
@@ -351,7 +327,7 @@ class _NoSteeringHandler(socketserver.StreamRequestHandler):
         self.wfile.write(upgrade_answer(read_upgrade(self.rfile)))
         self.wfile.flush()
         sock = self.request
-        _opcode, payload = _read_client_frame(sock)
+        _opcode, payload = read_client_frame(sock)
         create = json.loads(payload)
         lane = create.get("stream_id")
 
@@ -373,7 +349,7 @@ class _NoSteeringHandler(socketserver.StreamRequestHandler):
                 "delta": "Hello",
             }
         )
-        _opcode, payload = _read_client_frame(sock)  # the steer
+        _opcode, payload = read_client_frame(sock)  # the steer
         assert json.loads(payload)["type"] == "response.steer"
         refusal = {
             "type": "error",
@@ -402,7 +378,7 @@ class _NoSteeringHandler(socketserver.StreamRequestHandler):
         }
         send({"type": "response.completed", "sequence_number": 2, "response": done})
         with contextlib.suppress(ConnectionError, OSError):
-            while _read_client_frame(sock)[0] != 8:  # until the client's close frame
+            while read_client_frame(sock)[0] != 8:  # until the client's close frame
                 pass
 
 
@@ -477,3 +453,152 @@ def test_a_steer_sent_as_the_response_ends_never_reaches_the_next_request(
         assert after.response is not None
         assert after.response.output_text == expected_text("after", deltas=3)
         assert emu.stats()["steers_received"] == 0
+
+
+def test_a_steer_queued_before_iterating_on_a_lane_is_owed_like_any_other(
+    client_for: ClientFactory,
+) -> None:
+    with Emulator() as emu:
+        client = client_for(emu, lanes=True)
+        conv = client.conversation(model="m", store=False, metadata=SLOW)
+        stream = conv.stream("tell a story")
+        steer = stream.steer("make it about cats")  # queued: sent at response.created
+        for event in stream:
+            if event.type == "response.incomplete":
+                break  # leave before the successor, which the server runs anyway
+        assert steer.status == "accepted"
+        stream.close()
+        assert steer.status == "failed" and steer.error is not None
+        assert steer.error.code == "stream_ended"
+        assert client.pool_stats()["lanes_abandoned"] == 1, "the lane still owed a successor"
+        answer = conv.send("what is 2+2?")
+        assert answer.output_text == expected_text("what is 2+2?", deltas=40)
+
+
+def test_steers_of_a_stream_that_ends_early_fail_instead_of_waiting_forever(
+    client_for: ClientFactory, lanes: bool
+) -> None:
+    with Emulator() as emu:
+        client = client_for(emu, lanes=lanes)
+        never_started = client.generate_response(model="m", input="x", metadata=SLOW)
+        queued = never_started.steer("hello")
+        never_started.close()
+        assert queued.wait(5) and queued.status == "failed"
+        left = client.generate_response(model="m", input="y", metadata=SLOW)
+        sent = deltas_then_steer(left, 2, "hello")
+        left.close()
+        assert sent.wait(5) and sent.status == "failed"
+        assert sent.error is not None and sent.error.code == "stream_ended"
+
+
+class _CrossingHandler(socketserver.StreamRequestHandler):
+    """A response that fails (a request-scoped error) just as a steer for it arrives: the
+    steer's own answer follows the error. Alongside, a slow "bystander" response."""
+
+    def handle(self) -> None:
+        self.wfile.write(upgrade_answer(read_upgrade(self.rfile)))
+        self.wfile.flush()
+        lock = threading.Lock()
+        lanes: dict[str, Any] = {}
+
+        def send(event: dict[str, Any], lane: Any) -> None:
+            if lane is not None:
+                event["stream_id"] = lane
+            with lock:
+                self.wfile.write(text_frame(json.dumps(event).encode()))
+                self.wfile.flush()
+
+        def created(response_id: str) -> dict[str, Any]:
+            return {
+                "type": "response.created",
+                "response": {"id": response_id, "status": "in_progress", "output": []},
+            }
+
+        def bystander(lane: Any) -> None:
+            send(created("resp_bystander"), lane)
+            for _ in range(10):
+                time.sleep(0.02)
+                send(
+                    {
+                        "type": "response.output_text.delta",
+                        "item_id": "m",
+                        "output_index": 0,
+                        "content_index": 0,
+                        "delta": "x",
+                    },
+                    lane,
+                )
+            done = {"id": "resp_bystander", "status": "completed", "output": []}
+            send({"type": "response.completed", "response": done}, lane)
+
+        with contextlib.suppress(ConnectionError, OSError):
+            while True:
+                opcode, payload = read_client_frame(self.request)
+                if opcode == 8:
+                    return
+                event = json.loads(payload)
+                lane = event.get("stream_id")
+                if event["type"] == "response.create" and event["input"] == "bystander":
+                    threading.Thread(target=bystander, args=(lane,), daemon=True).start()
+                elif event["type"] == "response.create":
+                    lanes["steered"] = lane
+                    send(created(f"resp_{event['input']}"), lane)
+                    send(
+                        {
+                            "type": "response.output_text.delta",
+                            "item_id": "m",
+                            "output_index": 0,
+                            "content_index": 0,
+                            "delta": "y",
+                        },
+                        lane,
+                    )
+                    if event["input"] == "after":
+                        done = {"id": "resp_after", "status": "completed", "output": []}
+                        send({"type": "response.completed", "response": done}, lane)
+                elif event["type"] == "response.steer":
+                    lane = lanes["steered"]
+                    error = {
+                        "type": "invalid_request_error",
+                        "code": "context_length_exceeded",
+                        "message": "The context is too long.",
+                    }
+                    send({"type": "error", "status": 400, "error": error}, lane)
+                    failed = {
+                        "type": "response.steer.failed",
+                        "steer": {"id": "steer_1", "previous_response_id": "resp_a"},
+                        "error": {"code": "response_not_active", "message": "gone"},
+                    }
+                    send(failed, lane)
+
+
+def test_an_error_crossing_a_steer_leaves_nothing_behind_for_anyone(lanes: bool) -> None:
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _CrossingHandler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    base_url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    try:
+        with oaiws.Client(
+            api_key="sk-test", base_url=base_url, lanes=lanes, max_connections=2, max_retries=0
+        ) as client:
+            bystander = client.generate_response(model="m", input="bystander")
+            iterator = iter(bystander)
+            next(iterator)
+            stream = client.generate_response(model="m", input="a")
+            with pytest.raises(oaiws.BadRequestError, match="too long"):
+                for event in stream:
+                    if event.type == "response.output_text.delta":
+                        stream.steer("steer")
+            for _ in iterator:
+                pass
+            assert bystander.response is not None and bystander.response.status == "completed"
+            # The steer's late answer reached nobody: the next request sees its own events.
+            after = client.generate_response(model="m", input="after")
+            assert [event.type for event in after] == [
+                "response.created",
+                "response.output_text.delta",
+                "response.completed",
+            ]
+    finally:
+        server.shutdown()
+        server.server_close()
