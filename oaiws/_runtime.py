@@ -9,6 +9,7 @@ sent).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import threading
 from collections.abc import Mapping
@@ -36,7 +37,10 @@ class Runtime:
     def __init__(self, config: ClientConfig, pool: Optional[Pool] = None) -> None:
         self.config = config
         self.stats = pool.counters if pool is not None else Stats()
-        self.pool = pool if pool is not None else Pool(config, stats=self.stats)
+        # With lanes, the default pool only serves a server found to have none: it opens
+        # nothing ahead of need (min_connections is the lane pool's, see docs/lanes.md).
+        pool_config = dataclasses.replace(config, min_connections=0) if config.lanes else config
+        self.pool = pool if pool is not None else Pool(pool_config, stats=self.stats)
         self._http: Optional[HttpTransport] = None
         self._lock = threading.Lock()
         self._closed = False

@@ -126,9 +126,6 @@ class Conversation(ClosesOnExit):
         # With lanes: the lane this conversation's turns run on (its cache holds the chain).
         # Dropped with the conversation, it frees the lane (the pool holds it weakly).
         self._lease = LaneLease() if runtime.lanes is not None else None
-        # Steering input the server keeps for the next request (response.steer.pending):
-        # part of the next turn's context.
-        self._pending: list[dict[str, Any]] = []
         # Dropped without close(): the connection held for the next turn goes back at the
         # pool's next step (a finalizer may only queue it: see Pool.release_hold).
         weakref.finalize(self, _release_dropped, weakref.ref(runtime.pool), self._chain)
@@ -293,7 +290,7 @@ class Conversation(ClosesOnExit):
         """The turn's continuation payload and its replay (``None``: nothing to continue)."""
         _refuse_managed(overrides)
         fields = {**self._defaults, **overrides}
-        full = {**fields, "input": self._replay_input(self._pending + items, fields.get("store"))}
+        full = {**fields, "input": self._replay_input(items, fields.get("store"))}
         if self._chain.last_response_id is None:
             return full, None
         continuation = {
@@ -325,8 +322,7 @@ class Conversation(ClosesOnExit):
                 " the turn is not added to the conversation",
                 response_id=response.id,
             )
-        pending, self._pending = self._pending, []
-        self._history.extend(copy.deepcopy(pending + items))
+        self._history.extend(copy.deepcopy(items))
         self._history.extend(copy.deepcopy(kept))
         self._chain.last_response_id = response.id
 
@@ -377,8 +373,13 @@ class _StreamTurn:
         self._items = steer_input
 
     def finished(self, response: Response, pending_input: list[dict[str, Any]]) -> None:
-        self._conversation._commit(self._items, response)
-        self._conversation._pending = list(pending_input)
+        conversation = self._conversation
+        conversation._commit(self._items, response)
+        if pending_input and conversation.last_response_id == response.id:
+            # Steering input the server holds for the request that continues this response
+            # (response.steer.pending): it puts it first in that request's input, so the
+            # transcript has it next (and a saved state keeps it).
+            conversation._history.extend(copy.deepcopy(pending_input))
 
     def end(self) -> None:
         busy, self._busy = self._busy, None

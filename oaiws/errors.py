@@ -317,7 +317,9 @@ class SteerFailedError(BadRequestError):
 
     ``code`` is the server's (``response_not_found``, ``invalid_input``,
     ``steering_not_supported``, ``too_many_pending_steers``, ``response_already_completed``,
-    ``response_not_active``, ``successor_creation_failed``, or a newer one); ``steer_id`` the
+    ``response_not_active``, ``successor_creation_failed``, or a newer one; the client's own
+    ``stream_ended`` when the stream ended, closed or failed, before the server answered);
+    ``steer_id`` the
     id the server gave the submission (``None`` when refused before it was sent);
     ``response_id`` the response it was to steer; ``response`` the stream's final response
     when the error is raised at the end of the stream (``steer(..., raise_on_failure=True)``).

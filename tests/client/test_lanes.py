@@ -626,3 +626,10 @@ def test_a_server_refusing_stream_id_as_an_unknown_parameter_turns_lanes_off() -
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_min_connections_opens_nothing_ahead_with_lanes(client_for: ClientFactory) -> None:
+    with Emulator(deltas=2) as emu:
+        client = client_for(emu, lanes=True, min_connections=2, idle_timeout=0.2)
+        assert client.create_response(model="m", input="one").status == "completed"
+        assert emu.stats()["handshakes"] == 1, "the default pool opened its own connections"

@@ -225,16 +225,16 @@ def test_steering_waits_for_tool_outputs_then_joins_the_next_turn(
         assert kinds[-1] == "response.steer.pending"
         [call] = [item for item in response.output if item["type"] == "function_call"]
         output = {"type": "function_call_output", "call_id": call["call_id"], "output": "sunny"}
+        # The server holds the steering input for the request that continues the response,
+        # and puts it first in that request's input: the transcript has it there already, so
+        # a saved state keeps it too.
+        steer_message = {"type": "message", "role": "user", "content": "and tell me about Rome too"}
         before = conv.history
+        assert before[-1] == steer_message
+        assert conv.state()["transcript"][-1] == steer_message
         answer = conv.send(output)
-        # The server put the steering input before the tool output; the transcript too.
-        assert conv.history[len(before)] == {
-            "type": "message",
-            "role": "user",
-            "content": "and tell me about Rome too",
-        }
-        steer_message = conv.history[len(before)]
-        assert answer.output_text == replayed_answer(emu, before, [steer_message, output])
+        assert conv.history[len(before)] == output
+        assert answer.output_text == replayed_answer(emu, before, output)
 
 
 def test_a_steered_conversation_replays_to_the_same_context(
