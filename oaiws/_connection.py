@@ -238,27 +238,13 @@ class Connection:
             now = self._last_frame_at = time.monotonic()
             if opcode == _TEXT:
                 self.last_used_at = now
-                # _frames.decode, inline: the rules of what is accepted are there.
-                try:
-                    decoded = _json.loads(data)
-                except ValueError as exc:
-                    raise self._protocol_error(
-                        f"the server sent a text frame that is not valid JSON ({exc})"
-                    ) from None
-                except RecursionError:
-                    raise self._protocol_error(f"the server sent a frame that {TOO_DEEP}") from None
+                decoded = self._decode(data)
                 if decoded.__class__ is dict:
                     kind = decoded.get("type")
                     if kind.__class__ is str and kind in _TRACKED_EVENTS:
                         self._track_response(decoded)
                 return decoded
-            self._on_control_frame(opcode, data)
-            if opcode == ABNF.OPCODE_BINARY:
-                raise self._protocol_error(
-                    "the server sent a binary frame; the protocol uses JSON text frames only"
-                )
-            if opcode == ABNF.OPCODE_CLOSE:
-                raise APIConnectionError(self._closed_message(), request_id=self.request_id)
+            self._control_frame_read(opcode, data)
             # ping (already answered by websocket-client) or pong: keep waiting, for what is
             # left of the same silence
             limit = timeout - (now - started)
@@ -287,15 +273,23 @@ class Connection:
         now = self._last_frame_at = time.monotonic()
         if opcode == _TEXT:
             self.last_used_at = now
-            try:
-                decoded = _json.loads(data)
-            except ValueError as exc:
-                raise self._protocol_error(
-                    f"the server sent a text frame that is not valid JSON ({exc})"
-                ) from None
-            except RecursionError:
-                raise self._protocol_error(f"the server sent a frame that {TOO_DEEP}") from None
-            return decoded
+            return self._decode(data)
+        self._control_frame_read(opcode, data)
+        return None
+
+    def _decode(self, data: bytes) -> Any:
+        """A text frame's JSON (the rules of what is accepted are ``_frames.decode``'s)."""
+        try:
+            return _json.loads(data)
+        except ValueError as exc:
+            raise self._protocol_error(
+                f"the server sent a text frame that is not valid JSON ({exc})"
+            ) from None
+        except RecursionError:
+            raise self._protocol_error(f"the server sent a frame that {TOO_DEEP}") from None
+
+    def _control_frame_read(self, opcode: int, data: bytes) -> None:
+        """A frame that is not text: a pong or a ping goes by; binary and close raise."""
         self._on_control_frame(opcode, data)
         if opcode == ABNF.OPCODE_BINARY:
             raise self._protocol_error(
@@ -303,7 +297,6 @@ class Connection:
             )
         if opcode == ABNF.OPCODE_CLOSE:
             raise APIConnectionError(self._closed_message(), request_id=self.request_id)
-        return None
 
     def wait_readable(self, timeout: float) -> bool:
         """Whether bytes arrive within ``timeout`` seconds (a lane reader's idle wait)."""
