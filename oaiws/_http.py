@@ -30,7 +30,6 @@ import os
 import socket
 import threading
 import time
-import weakref
 from collections.abc import Callable, Mapping
 from typing import Any, Optional
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -41,6 +40,7 @@ from requests.adapters import HTTPAdapter
 
 from . import _json
 from ._config import ClientConfig, display_url
+from ._forking import reset_in_child
 from ._frames import decode
 from ._retry import KeepAliveDropped
 from ._sse import SSEParser, SSETooLargeError
@@ -102,7 +102,7 @@ class HttpTransport:
         self._slots = threading.BoundedSemaphore(config.max_connections)
         parts = urlsplit(config.base_url)
         self._base = (parts.scheme, parts.netloc, parts.path.rstrip("/"), parts.query)
-        _live_transports.add(self)
+        reset_in_child(self)
 
     def _new_session(self) -> requests.Session:
         session = _Session()
@@ -644,15 +644,3 @@ def _redirect_error(response: requests.Response, shown: str) -> APIStatusError:
         status_code=response.status_code,
         headers=response.headers,
     )
-
-
-_live_transports: weakref.WeakSet[HttpTransport] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for transport in list(_live_transports):
-        transport._after_fork_in_child()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -35,6 +35,7 @@ from typing import Any, Callable, Optional
 
 from ._config import ClientConfig, display_url
 from ._connection import Connection
+from ._forking import RESET_AT_FORK, reset_in_child
 from ._mux import MAX_ACTIVE, Lane, LaneChannel, LaneLease, LanesUnavailable, MuxConnection
 from ._pool import closed_error
 from ._stats import Stats
@@ -63,7 +64,7 @@ class LanePool:
         self._closed = False
         self.unsupported = False  # the server has no lanes: the client stopped using them
         self._init_state()
-        _live_pools.add(self)
+        reset_in_child(self)
 
     def _init_state(self) -> None:
         # Re-entrant: a stream dropped in a reference cycle gives its lane back from a garbage
@@ -410,7 +411,7 @@ class LanePool:
     # -- fork -------------------------------------------------------------------------------
 
     def _check_fork(self) -> None:
-        if not _RESET_AT_FORK and os.getpid() != self._pid:
+        if not RESET_AT_FORK and os.getpid() != self._pid:
             self._after_fork_in_child()
 
     def _after_fork_in_child(self) -> None:
@@ -418,17 +419,3 @@ class LanePool:
         self._init_state()
         for mux in inherited:
             mux.abandon()
-        _live_pools.add(self)
-
-
-_live_pools: weakref.WeakSet[LanePool] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for pool in list(_live_pools):
-        pool._after_fork_in_child()
-
-
-_RESET_AT_FORK = hasattr(os, "register_at_fork")
-if _RESET_AT_FORK:
-    os.register_at_fork(after_in_child=_after_fork_in_child)

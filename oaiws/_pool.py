@@ -38,11 +38,11 @@ import os
 import random
 import threading
 import time
-import weakref
 from typing import Any, Callable, Optional
 
 from ._config import ClientConfig
 from ._connection import Connection
+from ._forking import RESET_AT_FORK, reset_in_child
 from ._maintenance import Maintenance
 from ._poolstate import Actions, PoolState, Waiter
 from ._stats import Stats
@@ -94,7 +94,7 @@ class Pool:
         self._background = background
         self.counters = stats if stats is not None else Stats()
         self._init_state()
-        _live_pools.add(self)
+        reset_in_child(self)
         if config.min_connections > 0:
             # Warm connections are opened in the background, never by the caller.
             self._maintenance.ensure_started()
@@ -544,7 +544,7 @@ class Pool:
         # Where os.register_at_fork exists (every platform with fork) the child is reset at
         # the fork itself, so the system call behind os.getpid() is spared on every checkout
         # and return; elsewhere this check does the same job late.
-        if not _RESET_AT_FORK and os.getpid() != self._pid:
+        if not RESET_AT_FORK and os.getpid() != self._pid:
             self._after_fork_in_child()
 
     def _after_fork_in_child(self) -> None:
@@ -556,7 +556,6 @@ class Pool:
         self._state.closed = closed
         for conn in inherited:
             conn.abandon()
-        _live_pools.add(self)
 
 
 def _merged(first: Optional[Actions], second: Optional[Actions]) -> Optional[Actions]:
@@ -568,16 +567,3 @@ def _merged(first: Optional[Actions], second: Optional[Actions]) -> Optional[Act
         first.woken.extend(second.woken)
         first.fill = first.fill or second.fill
     return first
-
-
-_live_pools: weakref.WeakSet[Pool] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for pool in list(_live_pools):
-        pool._after_fork_in_child()
-
-
-_RESET_AT_FORK = hasattr(os, "register_at_fork")
-if _RESET_AT_FORK:
-    os.register_at_fork(after_in_child=_after_fork_in_child)
