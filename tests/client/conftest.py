@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socketserver
+import threading
 from collections.abc import Iterator
 from typing import Any, Callable
 
@@ -52,3 +54,23 @@ def raw_server() -> Iterator[Callable[[Answer], RawServer]]:
     yield make
     for server in servers:
         server.end()
+
+
+@pytest.fixture
+def scripted_server() -> Iterator[Callable[[type[socketserver.BaseRequestHandler]], str]]:
+    """``scripted_server(Handler)``: a loopback server whose every connection ``Handler``
+    scripts byte for byte (a server that lies, or knows less than the emulator); returns its
+    base URL. Shut down at teardown."""
+    servers: list[socketserver.ThreadingTCPServer] = []
+
+    def start(handler: type[socketserver.BaseRequestHandler]) -> str:
+        server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), handler)
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}/v1"
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()

@@ -492,21 +492,16 @@ class _LyingLaneHandler(socketserver.StreamRequestHandler):
         self.request.recv(65536)  # until the client closes
 
 
-def test_an_event_for_a_lane_that_serves_no_request_is_a_protocol_error() -> None:
-    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _LyingLaneHandler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
-    base_url = f"http://127.0.0.1:{server.server_address[1]}/v1"
-    try:
-        with oaiws.Client(api_key="sk-test", base_url=base_url, lanes=True) as client:
-            stream = client.generate_response(model="m", input="hi")
-            assert next(iter(stream)).type == "response.created"
-            with pytest.raises(oaiws.ProtocolError, match="nobody-asked"):
-                stream.until_done()
-            assert client.pool_stats()["lane_connections"] == 0
-    finally:
-        server.shutdown()
-        server.server_close()
+def test_an_event_for_a_lane_that_serves_no_request_is_a_protocol_error(
+    scripted_server: Callable[[Any], str],
+) -> None:
+    base_url = scripted_server(_LyingLaneHandler)
+    with oaiws.Client(api_key="sk-test", base_url=base_url, lanes=True) as client:
+        stream = client.generate_response(model="m", input="hi")
+        assert next(iter(stream)).type == "response.created"
+        with pytest.raises(oaiws.ProtocolError, match="nobody-asked"):
+            stream.until_done()
+        assert client.pool_stats()["lane_connections"] == 0
 
 
 def test_a_request_that_stops_reading_fails_before_its_buffer_grows_without_bound(
@@ -613,19 +608,14 @@ class _UnknownFieldHandler(socketserver.StreamRequestHandler):
                 self.wfile.flush()
 
 
-def test_a_server_refusing_stream_id_as_an_unknown_parameter_turns_lanes_off() -> None:
-    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _UnknownFieldHandler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
-    base_url = f"http://127.0.0.1:{server.server_address[1]}/v1"
-    try:
-        with oaiws.Client(api_key="sk-test", base_url=base_url, lanes=True) as client:
-            for _ in range(3):
-                assert client.create_response(model="m", input="x").status == "completed"
-            assert client.pool_stats()["lane_fallbacks"] == 1
-    finally:
-        server.shutdown()
-        server.server_close()
+def test_a_server_refusing_stream_id_as_an_unknown_parameter_turns_lanes_off(
+    scripted_server: Callable[[Any], str],
+) -> None:
+    base_url = scripted_server(_UnknownFieldHandler)
+    with oaiws.Client(api_key="sk-test", base_url=base_url, lanes=True) as client:
+        for _ in range(3):
+            assert client.create_response(model="m", input="x").status == "completed"
+        assert client.pool_stats()["lane_fallbacks"] == 1
 
 
 def test_min_connections_opens_nothing_ahead_with_lanes(client_for: ClientFactory) -> None:

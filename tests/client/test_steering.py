@@ -9,7 +9,6 @@ import json
 import socketserver
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any, Callable
 
 import pytest
@@ -382,22 +381,11 @@ class _NoSteeringHandler(socketserver.StreamRequestHandler):
                 pass
 
 
-@pytest.fixture
-def no_steering_server() -> Iterator[str]:
-    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _NoSteeringHandler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
 def test_a_server_that_does_not_know_steering_fails_the_steer_not_the_response(
-    no_steering_server: str, lanes: bool
+    scripted_server: Callable[[Any], str], lanes: bool
 ) -> None:
-    with oaiws.Client(api_key="sk-test", base_url=no_steering_server, lanes=lanes) as client:
+    base_url = scripted_server(_NoSteeringHandler)
+    with oaiws.Client(api_key="sk-test", base_url=base_url, lanes=lanes) as client:
         stream = client.generate_response(model="m", input="hi")
         steer = deltas_then_steer(stream, 1, "steer me")
         response = stream.until_done()
@@ -572,33 +560,28 @@ class _CrossingHandler(socketserver.StreamRequestHandler):
                     send(failed, lane)
 
 
-def test_an_error_crossing_a_steer_leaves_nothing_behind_for_anyone(lanes: bool) -> None:
-    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _CrossingHandler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
-    base_url = f"http://127.0.0.1:{server.server_address[1]}/v1"
-    try:
-        with oaiws.Client(
-            api_key="sk-test", base_url=base_url, lanes=lanes, max_connections=2, max_retries=0
-        ) as client:
-            bystander = client.generate_response(model="m", input="bystander")
-            iterator = iter(bystander)
-            next(iterator)
-            stream = client.generate_response(model="m", input="a")
-            with pytest.raises(oaiws.BadRequestError, match="too long"):
-                for event in stream:
-                    if event.type == "response.output_text.delta":
-                        stream.steer("steer")
-            for _ in iterator:
-                pass
-            assert bystander.response is not None and bystander.response.status == "completed"
-            # The steer's late answer reached nobody: the next request sees its own events.
-            after = client.generate_response(model="m", input="after")
-            assert [event.type for event in after] == [
-                "response.created",
-                "response.output_text.delta",
-                "response.completed",
-            ]
-    finally:
-        server.shutdown()
-        server.server_close()
+def test_an_error_crossing_a_steer_leaves_nothing_behind_for_anyone(
+    scripted_server: Callable[[Any], str], lanes: bool
+) -> None:
+    base_url = scripted_server(_CrossingHandler)
+    with oaiws.Client(
+        api_key="sk-test", base_url=base_url, lanes=lanes, max_connections=2, max_retries=0
+    ) as client:
+        bystander = client.generate_response(model="m", input="bystander")
+        iterator = iter(bystander)
+        next(iterator)
+        stream = client.generate_response(model="m", input="a")
+        with pytest.raises(oaiws.BadRequestError, match="too long"):
+            for event in stream:
+                if event.type == "response.output_text.delta":
+                    stream.steer("steer")
+        for _ in iterator:
+            pass
+        assert bystander.response is not None and bystander.response.status == "completed"
+        # The steer's late answer reached nobody: the next request sees its own events.
+        after = client.generate_response(model="m", input="after")
+        assert [event.type for event in after] == [
+            "response.created",
+            "response.output_text.delta",
+            "response.completed",
+        ]
