@@ -160,13 +160,7 @@ class Connection:
         ``connect_timeout``) when it fails: then nothing usable reached the server, and the
         connection is dead.
         """
-        if self._closed:
-            raise APIConnectionError(self._closed_message(), request_id=self.request_id)
-        try:
-            # UTF-8 bytes straight from the encoder: a str would only be encoded again.
-            encoded = _json.dumpb(payload)
-        except (TypeError, ValueError) as exc:
-            raise ConfigurationError(f"the request cannot be encoded as JSON: {exc}") from exc
+        encoded = self._encoded(payload)
         try:
             # connect_timeout bounds a send that could stall: a peer that has not taken bytes
             # for that long is gone, whatever the size of the request. A small one cannot
@@ -195,15 +189,21 @@ class Connection:
         if payload.get("type") == "response.create":
             self.requests_started += 1
 
-    def send_concurrent(self, payload: Mapping[str, Any]) -> None:
-        """Send one small event while another thread may be reading (steering): the socket's
-        timeout, which the reader set, is left alone. Failures as in ``send_json``."""
+    def _encoded(self, payload: Mapping[str, Any]) -> bytes:
+        """The event as UTF-8 JSON (straight from the encoder: a str would only be encoded
+        again); ``APIConnectionError`` on a closed connection, ``ConfigurationError`` for a
+        payload that is not JSON."""
         if self._closed:
             raise APIConnectionError(self._closed_message(), request_id=self.request_id)
         try:
-            encoded = _json.dumpb(payload)
+            return _json.dumpb(payload)
         except (TypeError, ValueError) as exc:
-            raise ConfigurationError(f"the event cannot be encoded as JSON: {exc}") from exc
+            raise ConfigurationError(f"the request cannot be encoded as JSON: {exc}") from exc
+
+    def send_concurrent(self, payload: Mapping[str, Any]) -> None:
+        """Send one small event while another thread may be reading (steering): the socket's
+        timeout, which the reader set, is left alone. Failures as in ``send_json``."""
+        encoded = self._encoded(payload)
         try:
             self._ws.send(encoded, ABNF.OPCODE_TEXT)
         except (websocket.WebSocketException, OSError) as exc:
