@@ -9,11 +9,14 @@ its process id on use (``RESET_AT_FORK`` is then false).
 
 from __future__ import annotations
 
+import logging
 import os
 import weakref
 from typing import Protocol
 
 __all__ = ["RESET_AT_FORK", "ForkAware", "reset_in_child"]
+
+logger = logging.getLogger("oaiws")
 
 
 class ForkAware(Protocol):
@@ -31,7 +34,10 @@ def reset_in_child(obj: ForkAware) -> None:
 
 def _after_fork_in_child() -> None:
     for obj in list(_registered):
-        obj._after_fork_in_child()
+        try:
+            obj._after_fork_in_child()
+        except Exception:  # one object's failure must not leave the others with the parent's
+            logger.warning("oaiws: resetting %r after fork failed", obj, exc_info=True)
 
 
 RESET_AT_FORK = hasattr(os, "register_at_fork")

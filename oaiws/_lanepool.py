@@ -85,9 +85,11 @@ class LanePool:
         after ``timeout`` seconds in line, ``ClientClosedError``, the errors of a handshake,
         or ``LanesUnavailable`` once the server was found to have no lanes.
 
-        Requests wait in line, first come first served: a newcomer never takes a lane while
-        an older request waits. A conversation's turn takes its own lane whenever it is free
-        (the lane is kept for it, nobody else's to take).
+        Requests wait in line, first come first served: a newcomer never takes a lane, nor a
+        connection's room for one more response, while an older request waits. At its turn,
+        a conversation's turn takes its own lane (kept for it) when its connection has room,
+        or waits for room there up to ``affinity_wait`` (holding the line that long at most)
+        before moving.
         """
         self._check_fork()
         started = time.monotonic()
@@ -104,20 +106,22 @@ class LanePool:
                             raise LanesUnavailable("the server has no lanes")
                         now = time.monotonic()
                         closing.extend(self._sweep(now))
-                        channel, own_wait = self._own_lane(lease, now, started)
-                        if channel is None and not own_wait:
-                            if not self._waiters or self._waiters[0] is ticket:
+                        channel: Optional[LaneChannel] = None
+                        own_wait = False
+                        if not self._waiters or self._waiters[0] is ticket:  # our turn
+                            channel, own_wait = self._own_lane(lease, now, started)
+                            if channel is None and not own_wait:
                                 channel = self._any_lane(affinity, now)
                                 if channel is None and not self._coming():
                                     if self._opening + len(self._muxes) < self._max:
                                         self._opening += 1
                                         break
                                     channel = self._evict(now)
-                            if channel is None and ticket is None:
-                                ticket = object()
-                                self._waiters.append(ticket)
                         if channel is not None:
                             return self._handed(channel, lease, affinity)
+                        if ticket is None:
+                            ticket = object()
+                            self._waiters.append(ticket)
                         remaining = deadline - now
                         if remaining <= 0:
                             self._stats.add("requests_timeouts")

@@ -39,6 +39,7 @@ never sees half of a change); each lane's condition shares it. Sends take ``send
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import threading
 import time
@@ -419,6 +420,11 @@ class MuxConnection:
                     return
                 self.state = "lanes"
                 self._on_change(self)  # confirmed: others may join
+            if kind.__class__ is str and kind.startswith("response.steer."):
+                # Answered on its lane: a server that knows steering. Its entry in the
+                # refusal line is not needed.
+                with contextlib.suppress(ValueError):
+                    self.steered_lanes.remove(lane)
             self._track(lane, kind, data)
             lane.deliver(data)
             return

@@ -97,7 +97,9 @@ class Steer:
     ``response.created``), ``"sent"``, ``"accepted"`` (the server holds it), ``"applied"``
     (a successor response took it up: ``successor_id``), ``"pending"`` (the response waits
     for tool outputs; ``required_input`` lists them, and the input is prepended to the next
-    request continuing the response), or ``"failed"`` (``error``, a ``SteerFailedError``).
+    request continuing the response), ``"failed"`` (``error``, a ``SteerFailedError``), or
+    ``"abandoned"`` (the stream ended, closed or failed, after sending it and before the
+    server's last word on it: the server may still apply it to a response nobody reads).
     ``id`` is the server's id for it, once answered. ``wait(timeout)`` blocks (in another
     thread than the one reading the stream) until it is applied, pending or failed.
     """
@@ -127,13 +129,13 @@ class Steer:
 
     @property
     def settled(self) -> bool:
-        """Applied, pending or failed: the server has nothing more to say about it."""
+        """Applied, pending, failed or abandoned: nothing more will be known of it."""
         return self._done.is_set()
 
     def wait(self, timeout: Optional[float] = None) -> bool:
         """Block until settled (``True``) or ``timeout`` seconds passed (``False``). Call it
         from another thread than the one iterating the stream, which is what reads the
-        answers."""
+        answers; a stream that ends settles every steer it still had."""
         return self._done.wait(timeout)
 
     def _settle(self, status: str) -> None:

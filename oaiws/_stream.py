@@ -241,6 +241,8 @@ class _Request:
     def _attempt(self) -> dict[str, Any]:
         config = self.runtime.config
         affinity = self.payload.get("previous_response_id")
+        # A retried start begins afresh: an error that ended the last try ended nothing here.
+        self.ended = False
         try:
             conn = self.channels.acquire(self._bounded(config.pool_timeout), affinity, self.lease)
         except APIError as error:
@@ -461,19 +463,21 @@ class _Request:
         if kind == "response.created":
             response = data.get("response")
             response_id = response.get("id") if isinstance(response, dict) else None
-            ended = self.ended_part
-            if ended is not None:
-                # A successor after steering: the response that ended is part of the story.
-                self.ended_part = None
-                previous = ended[1]
-                self.steered.append(previous)
-                ledger = self.ledger
-                applied = ledger.successor(response_id) if ledger is not None else []
-                if self.turn is not None:
-                    steer_input = [item for steer in applied for item in steer.input]
-                    self.turn.steered(previous, steer_input)
-                self.accumulator = ResponseAccumulator()
+            # One section under steer_lock: a steer from another thread sees either the ended
+            # response with its successor owed (and waits for it), or the successor.
             with self.steer_lock:
+                ended = self.ended_part
+                if ended is not None:
+                    # A successor after steering: the response that ended is part of the story.
+                    self.ended_part = None
+                    previous = ended[1]
+                    self.steered.append(previous)
+                    ledger = self.ledger
+                    applied = ledger.successor(response_id) if ledger is not None else []
+                    if self.turn is not None:
+                        steer_input = [item for steer in applied for item in steer.input]
+                        self.turn.steered(previous, steer_input)
+                    self.accumulator = ResponseAccumulator()
                 self.response_id = response_id if isinstance(response_id, str) else None
                 queued, self.queued_steers = self.queued_steers, []
                 for waiting in queued:
@@ -518,18 +522,22 @@ class _Request:
         ledger = self.ledger
         return ledger is not None and ledger.open
 
-    def end_here(self) -> bool:
-        """After a terminal event: whether the stream ends now. Decided under ``steer_lock``,
-        so that a steer sent from another thread either counts (the stream reads on to its
-        answer) or is refused: never sent for a stream that has let its connection go, where
-        its answer would reach the next request."""
+    def end_here(self, data: Optional[dict[str, Any]] = None) -> bool:
+        """After a terminal event (``data``; ``None`` after a steering answer): whether the
+        stream ends now. Decided under ``steer_lock``, so that a steer sent from another
+        thread either counts (the stream reads on to its answer) or is refused: never sent
+        for a stream that has let its connection go, where its answer would reach the next
+        request. When it does not end, the response that ended is kept (``ended_part``) in
+        the same section, so a steer meanwhile waits for the successor."""
         with self.steer_lock:
             if self.more_to_come():
+                if data is not None:
+                    self._end_part(data)
                 return False
             self.ended = True
             return True
 
-    def end_part(self, data: dict[str, Any]) -> None:
+    def _end_part(self, data: dict[str, Any]) -> None:
         """A terminal event after which steering still owes something: keep reading."""
         if data.get("response").__class__ is not dict:
             self.finish(data)  # raises the protocol error
@@ -544,31 +552,34 @@ class _Request:
         """After a steering answer: when a response had ended and nothing more is owed, the
         stream is over (``finish`` done)."""
         ended = self.ended_part
-        if ended is None or not self.end_here():
+        if ended is None or not self.end_here(None):
             return False
         self.ended_part = None
         self.finish(ended[0], ended[1])
         return True
 
     def settle_open_steers(self) -> None:
-        """The stream is over: a submission the server never answered (or never took up)
-        fails with ``stream_ended``, so that nobody waits on it forever."""
+        """The stream is over: nobody will read what the server says of its open steers any
+        more. One never sent fails (``stream_ended``); one sent (and perhaps accepted) is
+        ``abandoned``: the server may still apply it, to a response nobody reads. Either way
+        nobody waits on it forever."""
         with self.steer_lock:
             self.ended = True
             queued, self.queued_steers = self.queued_steers, []
             ledger = self.ledger
-        open_steers = queued + (ledger.open_steers() if ledger is not None else [])
-        for steer in open_steers:
+        for steer in queued:
             if ledger is not None and steer not in ledger.all:
                 ledger.all.append(steer)
             steer.error = SteerFailedError(
-                "the stream ended before the server answered this steering input (it was "
-                "closed, interrupted or failed)",
+                "the stream ended (closed, interrupted or failed) before this steering input "
+                "could be sent",
                 code="stream_ended",
-                response_id=steer.response_id or self.response_id,
+                response_id=self.response_id,
                 request_id=self.request_id,
             )
             steer._settle("failed")
+        for steer in ledger.open_steers() if ledger is not None else []:
+            steer._settle("abandoned")
 
     def steer_failure(self) -> Optional[SteerFailedError]:
         """The first failed submission whose caller asked to be told, for the stream's end."""
@@ -649,12 +660,11 @@ def _events(request: _Request) -> Generator[Event, None, None]:
                 add(data)
                 event = Event(data)
                 keep(event)
-                if kind in TERMINAL_EVENT_TYPES:
-                    if request.end_here():
-                        request.finish(data)
-                        yield event
-                        break
-                    request.end_part(data)  # a successor or an answer is still owed
+                # At a terminal event: the end, unless a successor or an answer is owed.
+                if kind in TERMINAL_EVENT_TYPES and request.end_here(data):
+                    request.finish(data)
+                    yield event
+                    break
             yield event
             data = request.receive()
             kind = data.get("type") if data.__class__ is dict else None

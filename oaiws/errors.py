@@ -318,7 +318,7 @@ class SteerFailedError(BadRequestError):
     ``code`` is the server's (``response_not_found``, ``invalid_input``,
     ``steering_not_supported``, ``too_many_pending_steers``, ``response_already_completed``,
     ``response_not_active``, ``successor_creation_failed``, or a newer one; the client's own
-    ``stream_ended`` when the stream ended, closed or failed, before the server answered);
+    ``stream_ended`` when the stream ended, closed or failed, before it could be sent);
     ``steer_id`` the
     id the server gave the submission (``None`` when refused before it was sent);
     ``response_id`` the response it was to steer; ``response`` the stream's final response

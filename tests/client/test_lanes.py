@@ -623,3 +623,39 @@ def test_min_connections_opens_nothing_ahead_with_lanes(client_for: ClientFactor
         client = client_for(emu, lanes=True, min_connections=2, idle_timeout=0.2)
         assert client.create_response(model="m", input="one").status == "completed"
         assert emu.stats()["handshakes"] == 1, "the default pool opened its own connections"
+
+
+def test_busy_conversations_do_not_starve_other_requests(client_for: ClientFactory) -> None:
+    turns = {"emulator_deltas": "5", "emulator_delta_delay_ms": "20"}
+    with Emulator() as emu:
+        client = client_for(emu, lanes=True, max_connections=1, pool_timeout=3.0)
+        client.create_response(model="m", input="warm")
+        stop = threading.Event()
+        failures: list[BaseException] = []
+
+        def chat(i: int) -> None:
+            conv = client.conversation(model="m", store=False)
+            try:
+                while not stop.is_set():
+                    conv.send(f"turn {i}", metadata=turns)
+            except BaseException as exc:  # reported below
+                failures.append(exc)
+
+        chats = [threading.Thread(target=chat, args=(i,)) for i in range(MAX_ACTIVE)]
+        for thread in chats:
+            thread.start()
+        wait_for(
+            lambda: client.pool_stats()["lane_requests"] > 3 * MAX_ACTIVE,
+            what="the conversations in full swing",
+        )
+        try:
+            # Every lane's connection slot is taken by a conversation turn at once, again
+            # and again: a plain request still gets its turn in the line.
+            for _ in range(3):
+                answer = client.create_response(model="m", input="plain", metadata=turns)
+                assert answer.status == "completed"
+        finally:
+            stop.set()
+            for thread in chats:
+                thread.join(10)
+        assert not failures, failures
