@@ -17,7 +17,6 @@ reference cycle waiting for the garbage collector) and its ``finally`` closes th
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
@@ -448,13 +447,18 @@ class _Request:
                 }
             )
         except APIError as error:
+            # The connection is lost: the stream reports that at its next read (with its
+            # context); the steer itself simply never went out.
             ledger.unsent(steer)
             steer.error = SteerFailedError(
-                f"the steering input could not be sent: {error.message}",
+                f"the steering input could not be sent, the connection was lost: "
+                f"{error.message}",
+                code="stream_ended",
                 response_id=self.response_id,
+                request_id=error.request_id,
             )
             steer._settle("failed")
-            raise
+            return
         self.runtime.stats.add("steers_sent")
 
     def special(self, kind: str, data: dict[str, Any]) -> bool:
@@ -481,10 +485,7 @@ class _Request:
                 self.response_id = response_id if isinstance(response_id, str) else None
                 queued, self.queued_steers = self.queued_steers, []
                 for waiting in queued:
-                    # A failed send fails that steer; the lost connection then ends the stream
-                    # at its next read, as an interruption with the stream's context.
-                    with contextlib.suppress(APIError):
-                        self._send_steer(waiting)
+                    self._send_steer(waiting)  # a failed send fails only that steer
             return True
         ledger = self.ledger
         if ledger is not None:
@@ -771,8 +772,9 @@ class ResponseStream(ClosesOnExit):
         A failed steer leaves the response running as it was; with
         ``raise_on_failure=True`` the stream raises its ``SteerFailedError`` after the
         final event. Raises ``ConfigurationError`` for input that is not user messages,
-        ``SteerFailedError`` when the response has already ended, and the connection's
-        error when the send fails. Steering needs WebSocket mode and a model that supports it.
+        ``SteerFailedError`` when the response has already ended. A send that fails (the
+        connection was lost) fails the ``Steer`` (``stream_ended``); the stream then reports
+        the interruption. Steering needs WebSocket mode and a model that supports it.
         """
         return self._request.steer(input, raise_on_failure=raise_on_failure)
 
