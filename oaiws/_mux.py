@@ -199,14 +199,30 @@ class MuxConnection:
         self.failure: Optional[tuple[type[APIError], str]] = None
         self.retire_at = retire_at
         self.idle_since = time.monotonic()
-        self._on_change = on_change  # the pool: capacity or state changed (under the lock)
-        self._on_lanes_missing = on_lanes_missing
+        # The pool, held weakly: a client dropped without close() must not be kept alive by
+        # its reader threads; once it is gone, each reader closes its connection and ends.
+        self._pool_on_change = weakref.WeakMethod(on_change)
+        self._pool_on_lanes_missing = weakref.WeakMethod(on_lanes_missing)
         self._thread = threading.Thread(
             target=self._read_loop, name=f"oaiws-lanes-{conn.id}", daemon=True
         )
 
     def start(self) -> None:
         self._thread.start()
+
+    def _on_change(self) -> None:
+        """Tell the pool that this connection's state or capacity changed, or that its reader
+        looks after it while quiet (under the lock); with the pool gone, close."""
+        tell = self._pool_on_change()
+        if tell is None:
+            self.closed = True  # the client was dropped: the reader ends and closes
+        else:
+            tell(self)
+
+    def _on_lanes_missing(self, how: str) -> None:
+        tell = self._pool_on_lanes_missing()
+        if tell is not None:
+            tell(self, how)
 
     # -- lanes (under the lock) -----------------------------------------------------------
 
@@ -395,7 +411,7 @@ class MuxConnection:
                 with self.send_lock:
                     conn.send_ping()
         with self.lock:
-            self._on_change(self)  # the pool looks at its age and idleness
+            self._on_change()  # the pool looks at its age and idleness
 
     def _route(self, data: Any) -> None:
         """One event from the server, to the lane it belongs to (under the lock)."""
@@ -415,11 +431,11 @@ class MuxConnection:
                 if kind == "error" and _refuses_lanes(data):
                     # Refused, naming the lane it refuses: no lanes here either.
                     self.retiring = True
-                    self._on_lanes_missing(self, "refused")
+                    self._on_lanes_missing("refused")
                     lane.deliver(_REFUSED)
                     return
                 self.state = "lanes"
-                self._on_change(self)  # confirmed: others may join
+                self._on_change()  # confirmed: others may join
             if kind.__class__ is str and kind.startswith("response.steer."):
                 # Answered on its lane: a server that knows steering. Its entry in the
                 # refusal line is not needed.
@@ -465,12 +481,12 @@ class MuxConnection:
         if self.state == "probing":
             self.retiring = True  # either way this connection serves no other request
             if kind == "error" and _refuses_lanes(data):
-                self._on_lanes_missing(self, "refused")
+                self._on_lanes_missing("refused")
                 lane.deliver(_REFUSED)
                 return
             if kind != "error":
                 self.state = "plain"
-                self._on_lanes_missing(self, "ignored")
+                self._on_lanes_missing("ignored")
         self._track(lane, kind, data)
         lane.deliver(data)
 
@@ -514,7 +530,7 @@ class MuxConnection:
         for lane in self.lanes.values():
             if lane.waiting:
                 lane.cond.notify()
-        self._on_change(self)
+        self._on_change()
 
     # -- sending and closing --------------------------------------------------------------
 

@@ -5,6 +5,7 @@ rotation, conversations keeping their lane, servers without lanes, fork safety, 
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -659,3 +660,17 @@ def test_busy_conversations_do_not_starve_other_requests(client_for: ClientFacto
             for thread in chats:
                 thread.join(10)
         assert not failures, failures
+
+
+def test_a_client_dropped_without_close_lets_its_lane_connections_go() -> None:
+    with Emulator(deltas=2) as emu:
+        client = oaiws.Client(api_key=emu.api_key, base_url=emu.base_url, lanes=True)
+        assert client.create_response(model="m", input="once").status == "completed"
+        readers = [t for t in threading.enumerate() if t.name.startswith("oaiws-lanes-")]
+        assert readers and emu.stats()["connections_open"] == 1
+        del client
+        gc.collect()
+        wait_for(lambda: emu.stats()["connections_open"] == 0, what="the connection closed")
+        for reader in readers:
+            reader.join(5)
+            assert not reader.is_alive(), "a reader thread outlived its client"
