@@ -674,3 +674,20 @@ def test_a_client_dropped_without_close_lets_its_lane_connections_go() -> None:
         for reader in readers:
             reader.join(5)
             assert not reader.is_alive(), "a reader thread outlived its client"
+
+
+def test_closing_the_client_lets_running_lanes_finish_then_closes(
+    client_for: ClientFactory,
+) -> None:
+    with Emulator(deltas=10, delta_delay=0.01) as emu:
+        client = client_for(emu, lanes=True, max_connections=1)
+        streams = [client.generate_response(model="m", input=f"s{i}") for i in range(3)]
+        for stream in streams:
+            next(iter(stream))
+        client.close()
+        with pytest.raises(oaiws.ClientClosedError):
+            client.create_response(model="m", input="refused")
+        for i, stream in enumerate(streams):
+            assert stream.until_done().output_text == expected_text(f"s{i}", deltas=10)
+        wait_for(lambda: emu.stats()["connections_open"] == 0, what="the connection closed")
+        assert emu.stats()["responses_completed"] == 3
