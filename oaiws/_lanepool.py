@@ -140,9 +140,7 @@ class LanePool:
         finally:
             for mux in closing:
                 mux.close()
-        conn_channel = self._open(lease)
-        self._count_affinity(conn_channel, affinity)
-        return conn_channel
+        return self._open(lease, affinity)
 
     def _coming(self) -> bool:
         """A connection is being opened or probed: it will take up to ``MAX_ACTIVE``
@@ -185,7 +183,7 @@ class LanePool:
         mux = lane.mux
         if lane.leased_by() is lease and not lane.busy and mux.accepting(now):
             if mux.active < MAX_ACTIVE:
-                return mux.take(lane, lease), False
+                return mux.take(lane), False
             if now - started < self._config.affinity_wait:
                 return None, True
         lease.lane = None
@@ -206,11 +204,11 @@ class LanePool:
                         and not lane.busy
                         and lane.leased_by() is None
                     ):
-                        return mux.take(lane, None)
+                        return mux.take(lane)
         for mux in sorted(candidates, key=lambda m: -m.live):
             free = mux.free_lane()
             if free is not None:
-                return mux.take(free, None)
+                return mux.take(free)
         return None
 
     def _evict(self, now: float) -> Optional[LaneChannel]:
@@ -231,9 +229,9 @@ class LanePool:
             self._stats.add("lane_evictions")
         oldest.lease = None
         oldest.last_response_id = None
-        return oldest.mux.take(oldest, None)
+        return oldest.mux.take(oldest)
 
-    def _open(self, lease: Optional[LaneLease]) -> LaneChannel:
+    def _open(self, lease: Optional[LaneLease], affinity: Optional[str]) -> LaneChannel:
         """Open a connection (outside the lock) and probe lanes on it with this request."""
         try:
             conn = self._connect(self._config)
@@ -258,9 +256,7 @@ class LanePool:
                 on_lanes_missing=self._on_lanes_missing,
             )
             self._muxes.append(mux)
-            self._stats.add("lane_requests")
-            self._stats.add("checkouts")
-            channel = mux.take(mux.new_lane(), lease)
+            channel = self._handed(mux.take(mux.new_lane()), lease, affinity)
         mux.start()
         logger.debug(
             "lane connection #%d opened to %s", mux.id, display_url(self._config.websocket_url)

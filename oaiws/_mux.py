@@ -266,17 +266,14 @@ class MuxConnection:
         lane = self.lanes[name] = Lane(self, name)
         return lane
 
-    def take(self, lane: Lane, lease: Optional[LaneLease]) -> LaneChannel:
-        """Give ``lane`` to a request (and bind it to ``lease``)."""
+    def take(self, lane: Lane) -> LaneChannel:
+        """Give ``lane`` to a request (the pool binds it to the request's lease)."""
         channel = LaneChannel(self, lane)
         lane.channel = channel
         lane.queue.clear()
         lane.response_ids = set()
         lane.requests += 1
         lane.last_used = time.monotonic()
-        if lease is not None:
-            lane.lease = weakref.ref(lease)
-            lease.lane = lane
         return channel
 
     def give_back(self, lane: Lane, *, abandoned: bool) -> None:
