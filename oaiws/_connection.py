@@ -311,23 +311,6 @@ class Connection:
         readable, _, _ = select.select([sock], [], [], max(timeout, 0.0))
         return bool(readable)
 
-    def send_ping(self) -> None:
-        """Send a keepalive ping (a lane reader's idle care; the caller serialises sends)."""
-        self._ws.ping()
-        now = time.monotonic()
-        self._ping_sent_at = self._last_sent_at = now
-
-    @property
-    def ping_unanswered_for(self) -> Optional[float]:
-        """Seconds since the last unanswered ping, ``None`` when none is outstanding."""
-        sent = self._ping_sent_at
-        return None if sent is None else time.monotonic() - sent
-
-    @property
-    def quiet_for(self) -> float:
-        """Seconds since the last frame in either direction."""
-        return time.monotonic() - max(self._last_frame_at, self._last_sent_at)
-
     def _set_timeout(self, seconds: float) -> None:
         if seconds != self._timeout_set:
             self._ws.settimeout(seconds)
@@ -451,13 +434,17 @@ class Connection:
                     logger.debug("connection #%d: unexpected data frame while idle", self.id)
                     self._mark_dead()
                     return False
-            return self._ping_if_quiet()
+            return self.ping_if_quiet()
         except Exception as exc:  # noqa: BLE001 - a closed socket, a reset, a refused frame
             logger.debug("connection #%d: lost while idle: %s", self.id, _describe(exc))
             self._mark_dead()
             return False
 
-    def _ping_if_quiet(self) -> bool:
+    def ping_if_quiet(self, *, keep_timeout: bool = False) -> bool:
+        """Send a ping after ``ping_interval`` of quiet; False (and the connection marked
+        dead) when the last ping went unanswered for too long. ``keep_timeout``: another
+        thread is reading (a lane reader's care), so the socket's timeout is left alone (a
+        ping is a few bytes: it fits the send buffer)."""
         interval = self._config.ping_interval
         if interval is None:
             return True
@@ -471,7 +458,8 @@ class Connection:
             return True
         quiet_since = max(self._last_frame_at, self._last_sent_at)
         if now - quiet_since >= interval:
-            self._set_timeout(_CLOSE_SEND_TIMEOUT)
+            if not keep_timeout:
+                self._set_timeout(_CLOSE_SEND_TIMEOUT)
             self._ws.ping()
             self._ping_sent_at = now
             self._last_sent_at = now

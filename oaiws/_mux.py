@@ -397,16 +397,10 @@ class MuxConnection:
 
     def _care(self) -> None:
         """While no bytes arrive: keep the connection alive, and notice a dead one."""
-        conn = self.conn
-        interval = self.config.ping_interval
-        if interval is not None:
-            unanswered = conn.ping_unanswered_for
-            if unanswered is not None:
-                if unanswered > max(interval, self.config.connect_timeout):
-                    raise APIConnectionError(f"lane connection #{self.id}: ping unanswered")
-            elif conn.quiet_for >= interval:
-                with self.send_lock:
-                    conn.send_ping()
+        with self.send_lock:
+            alive = self.conn.ping_if_quiet(keep_timeout=True)
+        if not alive:
+            raise APIConnectionError(f"lane connection #{self.id}: ping unanswered")
         with self.lock:
             self._on_change()  # the pool looks at its age and idleness
 

@@ -691,3 +691,13 @@ def test_closing_the_client_lets_running_lanes_finish_then_closes(
             assert stream.until_done().output_text == expected_text(f"s{i}", deltas=10)
         wait_for(lambda: emu.stats()["connections_open"] == 0, what="the connection closed")
         assert emu.stats()["responses_completed"] == 3
+
+
+def test_a_quiet_lane_connection_is_kept_alive_with_pings(client_for: ClientFactory) -> None:
+    with Emulator(deltas=2) as emu:
+        client = client_for(emu, lanes=True, ping_interval=0.2)
+        conv = client.conversation(model="m", store=False)
+        conv.send("hello")  # its lane keeps the quiet connection open
+        wait_for(lambda: emu.stats()["pings_received"] >= 2, what="keepalive pings")
+        assert conv.send("still there?").status == "completed"
+        assert client.pool_stats()["lane_hits"] == 1 and emu.stats()["handshakes"] == 1
