@@ -21,13 +21,13 @@ Run: python -m benchmarks.batch [--requests 2000] [--limited-requests 600] [--de
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Optional
 
 import oaiws
+from benchmarks.stats import write_figures
 from oaiws.testing import EmulatorProcess
 
 CONCURRENCY = 64
@@ -215,9 +215,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.delay < 0 or args.limit <= 0:
         parser.error("--delay must be >= 0 and --limit > 0")
     figures = run(args)
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as out:
-            json.dump(figures, out, indent=2)
+    write_figures(args.json, figures)
     return 0
 
 

@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import os
 import platform
 import random
@@ -62,7 +61,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import oaiws
 from benchmarks.scenarios.common import in_blocks
-from benchmarks.stats import percentile, summary
+from benchmarks.stats import percentile, summary, write_figures
 from oaiws import _json
 from oaiws.testing import EmulatorProcess, expected_text
 
@@ -746,9 +745,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--json", help="write every figure here")
     args = parser.parse_args(argv)
     figures = run(QUICK if args.quick else Settings())
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as out:
-            json.dump(figures, out, indent=2)
+    write_figures(args.json, figures)
     return 0
 
 

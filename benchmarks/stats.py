@@ -1,11 +1,13 @@
-"""Small, dependency-free statistics for the benchmark: medians, percentiles, ratios."""
+"""Small, dependency-free statistics for the benchmark: medians, percentiles, ratios, and
+the figures written out as JSON."""
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 from collections.abc import Sequence
-from typing import Optional
+from typing import Any, Optional
 
 
 def median(samples: Sequence[float]) -> float:
@@ -37,3 +39,10 @@ def ratio(value: Optional[float], floor: Optional[float]) -> Optional[float]:
     if value is None or floor is None or floor <= 0:
         return None
     return round(value / floor, 3)
+
+
+def write_figures(path: Optional[str], figures: Any) -> None:
+    """Write a run's figures as indented JSON to ``path`` (nothing when it is ``None``)."""
+    if path:
+        with open(path, "w", encoding="utf-8") as out:
+            json.dump(figures, out, indent=2)

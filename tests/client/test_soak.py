@@ -28,21 +28,30 @@ MAX_CONNECTIONS = 4
 SERVER_AGE = 1.5
 
 
+def rotating_client(
+    client_for: Any, emulator: Any, *, server_age: float, margin: float, **options: Any
+) -> oaiws.Client:
+    """A client whose connections rotate every few seconds (``margin`` before the server's
+    ``server_age``), pinged and idle-closed quickly, so a soak meets all of it."""
+    return client_for(
+        emulator,
+        max_connections=MAX_CONNECTIONS,
+        max_connection_age=server_age,
+        connection_age_margin=margin,
+        ping_interval=0.2,
+        idle_timeout=1.0,
+        pool_timeout=30.0,
+        read_timeout=10.0,
+        **options,
+    )
+
+
 @pytest.mark.timeout(SECONDS + 120)
 def test_soak_with_rotation_idle_care_and_early_exits(
     oaiws_emulator_factory: Any, client_for: Any
 ) -> None:
     emulator = oaiws_emulator_factory(max_connection_age=SERVER_AGE, ping_interval=0.5)
-    client = client_for(
-        emulator,
-        max_connections=MAX_CONNECTIONS,
-        max_connection_age=SERVER_AGE,
-        connection_age_margin=0.3,
-        ping_interval=0.2,
-        idle_timeout=1.0,
-        pool_timeout=30.0,
-        read_timeout=10.0,
-    )
+    client = rotating_client(client_for, emulator, server_age=SERVER_AGE, margin=0.3)
     stop_at = time.monotonic() + SECONDS
     failures: list[str] = []
     completed = [0] * THREADS
@@ -111,17 +120,7 @@ def test_soak_with_lanes_rotation_steering_faults_and_early_exits(
     emulator = oaiws_emulator_factory(
         max_connection_age=server_age, ping_interval=0.5, delta_delay=0.002
     )
-    client = client_for(
-        emulator,
-        lanes=True,
-        max_connections=MAX_CONNECTIONS,
-        max_connection_age=server_age,
-        connection_age_margin=0.8,
-        ping_interval=0.2,
-        idle_timeout=1.0,
-        pool_timeout=30.0,
-        read_timeout=10.0,
-    )
+    client = rotating_client(client_for, emulator, server_age=server_age, margin=0.8, lanes=True)
     stop_at = time.monotonic() + SECONDS
     failures: list[str] = []
     counts = {"plain": 0, "turns": 0, "steered": 0, "abandoned": 0, "cut": 0}
