@@ -332,27 +332,19 @@ def _controls(
             )
         return value
 
-    outcome = settings.get("emulator_outcome", "completed")
-    if outcome not in OUTCOMES:
-        raise invalid(
-            f"Invalid value for metadata 'emulator_outcome': {outcome!r}"
-            f" (expected one of {', '.join(OUTCOMES)}).",
-            param="metadata",
-        )
-    reason = settings.get("emulator_incomplete_reason", "max_output_tokens")
-    if reason not in INCOMPLETE_REASONS:
-        raise invalid(
-            f"Invalid value for metadata 'emulator_incomplete_reason': {reason!r}"
-            f" (expected one of {', '.join(INCOMPLETE_REASONS)}).",
-            param="metadata",
-        )
-    steering = settings.get("emulator_steering", "supported")
-    if steering not in STEERING_MODES:
-        raise invalid(
-            f"Invalid value for metadata 'emulator_steering': {steering!r}"
-            f" (expected one of {', '.join(STEERING_MODES)}).",
-            param="metadata",
-        )
+    def choice(key: str, default: str, allowed: tuple[str, ...]) -> str:
+        value = settings.get(key, default)
+        if value not in allowed:
+            raise invalid(
+                f"Invalid value for metadata '{key}': {value!r}"
+                f" (expected one of {', '.join(allowed)}).",
+                param="metadata",
+            )
+        return str(value)
+
+    outcome = choice("emulator_outcome", "completed", OUTCOMES)
+    reason = choice("emulator_incomplete_reason", "max_output_tokens", INCOMPLETE_REASONS)
+    steering = choice("emulator_steering", "supported", STEERING_MODES)
     fault: Optional[Fault] = None
     if "emulator_fault" in settings:
         try:
